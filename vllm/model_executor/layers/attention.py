@@ -1,0 +1,35 @@
+"""Attention over the paged KV cache: write this step's K/V (or stage them, NWOR), then attend
+to [cached context + this step's tokens, causal within the step]."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vllm.forward_context import get_forward_context
+from vllm.v1.attention.kv_write import write_kv
+from vllm.v1.attention.paged_attention import paged_attention
+
+
+class Attention(nn.Module):
+    def __init__(self, layer_idx: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                 scale: float):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]
+        ctx = get_forward_context()
+        md = ctx.attn_metadata
+        kv_layer = ctx.kv_cache[self.layer_idx]
+        staging = None
+        if md.stage_index is not None and ctx.staging is not None:
+            staging = ctx.staging[self.layer_idx]
+        write_kv(k, v, kv_layer, md.slot_mapping, staging=staging,
+                 stage_index=md.stage_index if staging is not None else None)
+        out = paged_attention(q, k, v, kv_layer, md.block_tables, md.context_lens,
+                              md.query_start_loc, md.token_req_idx, self.scale)
+        return out.reshape(q.shape[0], self.num_heads * self.head_dim)

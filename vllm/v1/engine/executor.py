@@ -1,0 +1,37 @@
+"""Executors: run the model runner in this process (TP = 1) or in one process per
+tensor-parallel rank (the driver is rank 0; workers mirror every call)."""
+from __future__ import annotations
+
+import torch
+
+from vllm.config import VllmConfig
+
+
+class UniProcExecutor:
+    def __init__(self, config: VllmConfig):
+        from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+        if config.model_config.seed is not None:
+            torch.manual_seed(config.model_config.seed)
+        self.driver_runner = GPUModelRunner(config, torch.device(config.device))
+
+    def determine_num_blocks(self) -> int:
+        return self.driver_runner.profile_num_blocks()
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        self.driver_runner.initialize_kv_cache(num_blocks)
+
+    def execute_model(self, so):
+        return self.driver_runner.execute_model(so)
+
+    def propose(self, reqs):
+        return self.driver_runner.propose(reqs)
+
+    def shutdown(self) -> None:
+        pass
+
+
+def make_executor(config: VllmConfig):
+    if config.parallel_config.tensor_parallel_size > 1:
+        from vllm.v1.engine.tp_executor import MultiprocTPExecutor
+        return MultiprocTPExecutor(config)
+    return UniProcExecutor(config)

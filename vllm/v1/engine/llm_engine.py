@@ -1,0 +1,277 @@
+"""LLMEngine: requests in, RequestOutputs out. One step = schedule, run the model, apply the
+results, draft the next tokens, detokenize, report."""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from vllm import envs
+from vllm.config import VllmConfig
+from vllm.engine.arg_utils import EngineArgs
+from vllm.logger import init_logger
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.sampling_params import SamplingParams
+from vllm.v1.core.scheduler import Scheduler
+from vllm.v1.engine.detokenizer import IncrementalDetokenizer
+from vllm.v1.engine.executor import make_executor
+from vllm.v1.metrics import stats as stats_mod
+from vllm.v1.metrics.stats import EngineStats
+from vllm.v1.request import Request, RequestStatus
+from vllm.v1.spec_decode.proposer import ProposeReq
+
+logger = init_logger(__name__)
+
+
+@dataclass
+class _Seq:
+    req: Request
+    detok: IncrementalDetokenizer
+    last_time: float = 0.0
+
+
+@dataclass
+class _Parent:
+    request_id: str
+    prompt: Optional[str]
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    children: list[str]
+    arrival: float
+    outputs: dict[int, CompletionOutput] = field(default_factory=dict)
+
+
+class LLMEngine:
+    def __init__(self, config: VllmConfig, tokenizer):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.executor = make_executor(config)
+        num_blocks = self.executor.determine_num_blocks()
+        self.executor.initialize_kv_cache(num_blocks)
+        self.scheduler = Scheduler(config, num_blocks)
+        self.eos_token_id = self._eos_id()
+        self.max_model_len = config.scheduler_config.max_model_len
+        self.stats = EngineStats(model_name=config.model_config.served_model_name,
+                                 num_kv_blocks=num_blocks)
+        runner = self.executor.driver_runner
+        if runner.spec_step is not None:
+            self.stats.spec = runner.spec_step.stats
+            self.stats.nwor = runner.spec_step.nwor.stats
+            self.stats.nwor_mode = config.spec_options.nwor_mode
+            self.stats.scv_mode = runner.spec_step.scv_mode
+            self.stats.scv_mode_counts = runner.spec_step.scv.mode_counts
+        stats_mod.register(self.stats)
+        self.seqs: dict[str, _Seq] = {}
+        self.parents: dict[str, _Parent] = {}
+        self._child_to_parent: dict[str, str] = {}
+        self._ids = itertools.count()
+        self._last_log = time.monotonic()
+        self._log_interval = envs.get("VLLM_LOG_STATS_INTERVAL")
+
+    @classmethod
+    def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
+        config, tok = args.create_config()
+        return cls(config, tok)
+
+    def _eos_id(self) -> Optional[int]:
+        hf = self.config.model_config.hf_config
+        eos = getattr(hf, "eos_token_id", None)
+        if isinstance(eos, list):
+            eos = eos[0] if eos else None
+        if eos is None and self.tokenizer is not None:
+            eos = self.tokenizer.eos_token_id
+        return eos
+
+    # ------------------------------------------------------------------ requests
+    def new_request_id(self) -> str:
+        return str(next(self._ids))
+
+    def tokenize(self, prompt: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass token ids as the prompt")
+        return self.tokenizer.encode(prompt)
+
+    def add_request(self, request_id: str, prompt: Union[str, list[int], dict],
+                    params: SamplingParams) -> None:
+        if not isinstance(params, SamplingParams):
+            raise ValueError("sampling_params must be a SamplingParams")
+        text = None
+        if isinstance(prompt, dict):
+            ids = prompt.get("prompt_token_ids")
+            text = prompt.get("prompt")
+            prompt = ids if ids is not None else text
+        if isinstance(prompt, str):
+            text = prompt
+            ids = self.tokenize(prompt)
+        else:
+            ids = list(prompt)
+        if not ids:
+            raise ValueError("prompt is empty")
+        vocab = self.config.model_config.vocab_size
+        if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
+            raise ValueError(f"prompt token ids must be ints in [0, {vocab})")
+        if len(ids) > self.max_model_len:
+            raise ValueError(f"prompt is {len(ids)} tokens, longer than max_model_len="
+                             f"{self.max_model_len}")
+        if request_id in self.parents:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        children = []
+        for i in range(params.n):
+            cp = params
+            if params.n > 1:
+                cp = params.clone()
+                cp.n = 1
+                if params.seed is not None:
+                    cp.seed = params.seed + i
+            cid = request_id if params.n == 1 else f"{request_id}#{i}"
+            req = Request(cid, ids, cp, self.eos_token_id)
+            detok = IncrementalDetokenizer(
+                self.tokenizer if cp.detokenize else None, list(cp.stop or []),
+                cp.include_stop_str_in_output, cp.skip_special_tokens)
+            self.seqs[cid] = _Seq(req, detok)
+            self._child_to_parent[cid] = request_id
+            self.scheduler.add_request(req)
+            children.append(cid)
+        self.parents[request_id] = _Parent(request_id, text, ids, params, children,
+                                           time.monotonic())
+        self.stats.prompt_tokens += len(ids) * params.n
+
+    def abort_request(self, request_ids) -> None:
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        for pid in request_ids:
+            parent = self.parents.pop(pid, None)
+            if parent is None:
+                continue
+            self.scheduler.finish_requests(parent.children, RequestStatus.FINISHED_ABORTED)
+            for cid in parent.children:
+                self.seqs.pop(cid, None)
+                self._child_to_parent.pop(cid, None)
+            self.stats.request_success["abort"] = self.stats.request_success.get("abort", 0) + 1
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.parents)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.parents)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, stream: bool = False) -> list[RequestOutput]:
+        """One engine step. Returns outputs of finished requests, or (stream=True) of every
+        request that got new tokens (deltas are computed by the caller from text lengths)."""
+        sched = self.scheduler
+        so = sched.schedule()
+        self.stats.num_preemptions = sched.num_preemptions
+        ro = self.executor.execute_model(so)
+        touched = sched.update_from_output(so, ro)
+        if self.config.speculative_config is not None:
+            self._draft()
+        self.stats.num_steps += 1
+        outs = self._process(touched, stream)
+        self._refresh_gauges()
+        self._maybe_log()
+        return outs
+
+    def _draft(self) -> None:
+        reqs = []
+        for r in self.scheduler.running:
+            p = r.sampling_params
+            if r.num_computed_tokens != r.num_tokens - 1:
+                continue    # still prefilling
+            if (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
+                    or r.num_output_tokens < p.min_tokens):
+                continue    # penalties / min_tokens change the target distribution per step
+            reqs.append(ProposeReq(r.request_id, r.all_token_ids, r.num_computed_tokens,
+                                   r.block_ids))
+        if reqs:
+            self.scheduler.set_drafts(self.executor.propose(reqs))
+
+    def _process(self, touched, stream: bool) -> list[RequestOutput]:
+        now = time.monotonic()
+        done_parents: set[str] = set()
+        changed: set[str] = set()
+        for req, n_new in touched:
+            seq = self.seqs.get(req.request_id)
+            if seq is None:
+                continue
+            self.stats.generation_tokens += n_new
+            if req.num_output_tokens == n_new:
+                self.stats.ttft.observe(now - req.arrival_time)
+            elif n_new:
+                self.stats.itl.observe((now - seq.last_time) / n_new)
+            seq.last_time = now
+            hit = seq.detok.update(req.output_token_ids[-n_new:])
+            if hit is not None and not req.finished:
+                req.stop_reason = hit
+                self.scheduler.finish_requests([req.request_id], RequestStatus.FINISHED_STOPPED)
+            elif hit is not None:
+                req.stop_reason = hit
+                req.status = RequestStatus.FINISHED_STOPPED
+            pid = self._child_to_parent[req.request_id]
+            changed.add(pid)
+            if req.finished:
+                seq.detok.flush() if hit is None else None
+                parent = self.parents[pid]
+                if all(self.seqs[c].req.finished for c in parent.children):
+                    done_parents.add(pid)
+        outs = []
+        for pid in changed:
+            if pid in done_parents or stream:
+                outs.append(self._make_output(pid, pid in done_parents))
+        for pid in done_parents:
+            parent = self.parents.pop(pid)
+            self.stats.e2e.observe(now - parent.arrival)
+            for c in parent.children:
+                reason = self.seqs[c].req.status.value
+                self.stats.request_success[reason] = self.stats.request_success.get(reason, 0) + 1
+                self.seqs.pop(c, None)
+                self._child_to_parent.pop(c, None)
+        return outs
+
+    def _make_output(self, pid: str, finished: bool) -> RequestOutput:
+        parent = self.parents[pid]
+        comps = []
+        cached = 0
+        for i, cid in enumerate(parent.children):
+            seq = self.seqs[cid]
+            r = seq.req
+            cached = max(cached, r.num_cached_tokens)
+            comps.append(CompletionOutput(
+                index=i, text=seq.detok.text, token_ids=list(r.output_token_ids),
+                cumulative_logprob=r.cumulative_logprob if r.logprobs is not None else None,
+                logprobs=list(r.logprobs) if r.logprobs is not None else None,
+                finish_reason=r.status.value if r.finished else None,
+                stop_reason=r.stop_reason))
+        return RequestOutput(pid, parent.prompt, parent.prompt_token_ids, comps, finished,
+                             num_cached_tokens=cached)
+
+    # ------------------------------------------------------------------ stats
+    def _refresh_gauges(self) -> None:
+        s, sch = self.stats, self.scheduler
+        s.num_running = len(sch.running)
+        s.num_waiting = len(sch.waiting)
+        s.kv_usage = sch.kv_usage()
+        s.num_kv_blocks_free = sch.kv.pool.num_free
+        s.prefix_cache_queries = sch.kv.num_cache_queries
+        s.prefix_cache_hits = sch.kv.num_cache_hits
+        rs = self.executor.driver_runner.spec_step
+        if rs is not None:
+            s.scv_fallbacks = rs.scv.fallbacks
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < self._log_interval:
+            return
+        self._last_log = now
+        sp = self.stats.spec
+        if sp is not None and sp.num_drafts and logger.isEnabledFor(logging.INFO):
+            rates = ", ".join(f"{r:.3f}" for r in sp.per_position_rates())
+            logger.info("SpecDecoding metrics: Mean acceptance length: %.2f, Accepted: %d tokens,"
+                        " Drafted: %d tokens, Per-position acceptance rate: %s",
+                        sp.mean_acceptance_length, sp.num_accepted_tokens, sp.num_draft_tokens,
+                        rates)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown()

@@ -1,0 +1,43 @@
+"""N-gram prompt lookup: draft the tokens that followed the most recent earlier occurrence of
+the sequence's last n tokens (n from prompt_lookup_max down to prompt_lookup_min)."""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def ngram_propose(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[int]:
+    """tokens [L] int: the whole sequence. Vectorized over positions; no per-token loop."""
+    L = tokens.shape[0]
+    for n in range(min(n_max, L - 1), n_min - 1, -1):
+        suffix = tokens[L - n:]
+        # windows over tokens[:-1] so a match always has at least one token after it
+        win = sliding_window_view(tokens[:L - 1], n)
+        hits = np.flatnonzero((win == suffix).all(axis=1))
+        if hits.size:
+            start = int(hits[-1]) + n
+            return tokens[start:start + k].tolist()
+    return []
+
+
+class NgramProposer:
+    def __init__(self, k: int, n_min: int, n_max: int):
+        self.k, self.n_min, self.n_max = k, n_min, n_max
+
+    def kv_bytes_per_block(self) -> int:
+        return 0
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        pass
+
+    def drop(self, req_id: str) -> None:
+        pass
+
+    def propose(self, reqs) -> dict[str, list[int]]:
+        out = {}
+        for r in reqs:
+            d = ngram_propose(np.asarray(r.token_ids, dtype=np.int64), self.n_min, self.n_max,
+                              self.k)
+            if d:
+                out[r.req_id] = d
+        return out
