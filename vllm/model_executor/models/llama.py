@@ -21,6 +21,17 @@ _STACKED = {
 }
 
 
+def rope_params(config) -> tuple[float, Optional[dict]]:
+    """(theta, scaling dict or None). transformers >= 5 keeps both in config.rope_parameters;
+    older configs have rope_theta / rope_scaling attributes."""
+    rp = getattr(config, "rope_parameters", None)
+    if isinstance(rp, dict) and rp:
+        theta = rp.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        scaling = rp if rp.get("rope_type", "default") != "default" else None
+        return float(theta), scaling
+    return float(getattr(config, "rope_theta", 10000.0)), getattr(config, "rope_scaling", None)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config, layer_idx: int, qkv_bias: bool):
         super().__init__()
@@ -34,9 +45,9 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = ColumnParallelLinear(
             hidden, qkv_sizes(self.total_heads, self.total_kv_heads, self.head_dim), bias=qkv_bias)
         self.o_proj = RowParallelLinear(self.total_heads * self.head_dim, hidden)
-        self.rotary = RotaryEmbedding(self.head_dim, config.max_position_embeddings,
-                                      getattr(config, "rope_theta", 10000.0),
-                                      getattr(config, "rope_scaling", None))
+        theta, scaling = rope_params(config)
+        self.rotary = RotaryEmbedding(self.head_dim, config.max_position_embeddings, theta,
+                                      scaling)
         self.attn = Attention(layer_idx, self.num_heads, self.num_kv_heads, self.head_dim,
                               self.head_dim ** -0.5)
 
