@@ -16,7 +16,7 @@ def make_inputs(T, hkv, d, block_size, num_blocks, n_skip, n_staged, S, dtype=to
     cache slots with n_skip of them -1; n_staged tokens get distinct staging rows."""
     g = torch.Generator().manual_seed(seed)
     hq = 2 * hkv
-    qkv = torch.randn(T, (hq + 2 * hkv) * d, generator=g)
+    qkv = torch.randn(T, (hq + 2 * hkv) * d, generator=g).to(dtype=dtype, device=device)
     key = qkv[:, hq * d:(hq + hkv) * d].view(T, hkv, d)
     value = qkv[:, (hq + hkv) * d:].view(T, hkv, d)
     slots = torch.randperm(num_blocks * block_size, generator=g)[:T].long()
@@ -29,8 +29,7 @@ def make_inputs(T, hkv, d, block_size, num_blocks, n_skip, n_staged, S, dtype=to
     cache = torch.full((3, 2, num_blocks, block_size, hkv, d), SENTINEL)
     staging = torch.full((3, S, 2, hkv, d), SENTINEL)
     to = dict(device=device)
-    return (key.to(dtype=dtype, **to), value.to(dtype=dtype, **to),
-            cache.to(dtype=dtype, **to), slots.to(**to), staging.to(dtype=dtype, **to),
+    return (key, value, cache.to(dtype=dtype, **to), slots.to(**to), staging.to(dtype=dtype, **to),
             stage.to(**to))
 
 

@@ -21,7 +21,8 @@ def make_batch(q_lens, ctx_lens, hq, hkv, d, block_size, n_pad=0, n_pad_reqs=0,
     R = len(q_lens) + n_pad_reqs
     T_real = sum(q_lens)
     T = T_real + n_pad
-    qkv = torch.randn(T, (hq + 2 * hkv) * d, generator=g)
+    # Made on the target device / dtype, then sliced, so the views stay non-contiguous there.
+    qkv = torch.randn(T, (hq + 2 * hkv) * d, generator=g).to(dtype=dtype, device=device)
     q = qkv[:, :hq * d].view(T, hq, d)
     k_new = qkv[:, hq * d:(hq + hkv) * d].view(T, hkv, d)
     v_new = qkv[:, (hq + hkv) * d:].view(T, hkv, d)
@@ -45,8 +46,7 @@ def make_batch(q_lens, ctx_lens, hq, hkv, d, block_size, n_pad=0, n_pad_reqs=0,
         tok[qsl[r]:qsl[r] + n] = r
     # Padding rows carry junk in q/k/v, as a graph's stale buffers would.
     to = dict(device=device)
-    return dict(q=q.to(dtype=dtype, **to), k_new=k_new.to(dtype=dtype, **to),
-                v_new=v_new.to(dtype=dtype, **to), kv_cache_layer=kv.to(dtype=dtype, **to),
+    return dict(q=q, k_new=k_new, v_new=v_new, kv_cache_layer=kv.to(dtype=dtype, **to),
                 block_tables=bt.to(**to), context_lens=ctx.to(**to),
                 query_start_loc=qsl.to(**to), token_req_idx=tok.to(**to),
                 scale=1.0 / math.sqrt(d))
@@ -157,16 +157,18 @@ def _ref_of(b):
     return paged_attention_ref(**b32)
 
 
+def _randints(lo, hi, n, seed):
+    return torch.randint(lo, hi, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 CUDA_CASES = {
     # 64 requests verifying 1 + 4 tokens, contexts up to 2000, Llama-3-8B head shapes.
     "verify64_llama": lambda: (
-        [5] * 64, torch.randint(0, 2001, (64,), generator=torch.Generator().manual_seed(1)).tolist(),
-        32, 8, 128, 16, 7, 3),
+        [5] * 64, _randints(0, 2001, 64, seed=1), 32, 8, 128, 16, 7, 3),
     # Batch-1 decode on SmolLM2 shapes (exercises the context splits).
     "decode1_smollm": lambda: ([1], [1999], 9, 3, 64, 16, 0, 0),
     "decode128_smollm": lambda: (
-        [1] * 128, torch.randint(1, 2001, (128,), generator=torch.Generator().manual_seed(2)).tolist(),
-        9, 3, 64, 16, 0, 0),
+        [1] * 128, _randints(1, 2001, 128, seed=2), 9, 3, 64, 16, 0, 0),
     "prefill1500": lambda: ([1500], [0], 32, 8, 128, 16, 12, 0),
     "mixed_chunked": lambda: ([700, 1, 5, 1, 300], [512, 1500, 33, 0, 17], 9, 3, 64, 16, 4, 1),
 }
@@ -197,8 +199,9 @@ def test_cuda_splits_agree(num_splits):
 
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("num_splits", [None, 3])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_cuda_graph_capture_replay(dtype):
+def test_cuda_graph_capture_replay(dtype, num_splits):
     """Capture write_kv + paged_attention once, then replay on new contents of the same
     buffers (other lengths, other requests, other padding) and compare with the reference."""
     hq, hkv, d, bs = 9, 3, 64, 16
@@ -213,7 +216,7 @@ def test_cuda_graph_capture_replay(dtype):
 
     def step():
         write_kv(static["k_new"], static["v_new"], static["kv_cache_layer"], slots)
-        paged_attention(**static, out=out)
+        paged_attention(**static, out=out, num_splits=num_splits)
 
     # Warm up (Triton compiles) on a side stream, then capture.
     s = torch.cuda.Stream()

@@ -184,7 +184,8 @@ def test_logprobs(num_logprobs):
     ref = logits.log_softmax(-1)  # raw model distribution: before penalties / temperature
     assert out.logprobs.shape == (4, k + 1) and out.logprobs_token_ids.shape == (4, k + 1)
     assert torch.equal(out.logprobs_token_ids[:, 0], out.sampled_token_ids)
-    torch.testing.assert_close(out.logprobs[:, 0], ref.gather(1, out.sampled_token_ids[:, None])[:, 0])
+    sampled_ref = ref.gather(1, out.sampled_token_ids[:, None])[:, 0]
+    torch.testing.assert_close(out.logprobs[:, 0], sampled_ref)
     torch.testing.assert_close(out.selected_logprobs, out.logprobs[:, 0])
     top_vals, top_ids = ref.topk(k, -1)
     assert torch.equal(out.logprobs_token_ids[:, 1:], top_ids)

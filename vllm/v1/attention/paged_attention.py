@@ -10,7 +10,9 @@ Semantics (flattened batch of T tokens from R requests):
   its query token j attends to cache positions [0, context_lens[r]) and to this step's tokens 0..j
   (read from k_new / v_new, never from the cache: NWOR stage mode does not write drafts there).
   GQA: q head h reads kv head h // G, G = Hq // Hkv. Rows with token_req_idx == -1 are padding
-  (CUDA-graph padding) and get zeros.
+  (CUDA-graph padding) and get zeros. query_start_loc must be non-decreasing: padded requests
+  repeat the last value (zero tokens), and every row with token_req_idx >= 0 lies in its
+  request's range.
 
 Kernel design: a program owns (a tile of BLOCK_Q consecutive query tokens of one request, one kv
 head); its BLOCK_M = BLOCK_Q * G (padded to a power of two >= 16) rows are (token, q head of the
@@ -66,11 +68,12 @@ if has_triton():
         n_ok = pos < c_hi
         blk = tl.load(bt_row + pos // PAGE_SIZE, mask=n_ok, other=0).to(tl.int64)
         base = blk * stride_c_blk + (pos % PAGE_SIZE).to(tl.int64) * stride_c_off
-        k = tl.load(kv_h + base[None, :] + offs_d[:, None] * stride_c_d,
-                    mask=n_ok[None, :] & d_ok[:, None], other=0.0)              # [D, N]
-        v = tl.load(kv_h + stride_c_kv + base[:, None] + offs_d[None, :] * stride_c_d,
-                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)              # [N, D]
-        return _softmax_step(q, k, v, n_ok[None, :], m_i, l_i, acc, scale_log2, IEEE)
+        # K and V share one [N, D] address tensor (V = K + stride_c_kv): fewer registers.
+        ptrs = kv_h + base[:, None] + offs_d[None, :] * stride_c_d
+        ld_ok = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(ptrs, mask=ld_ok, other=0.0)                                # [N, D]
+        v = tl.load(ptrs + stride_c_kv, mask=ld_ok, other=0.0)                  # [N, D]
+        return _softmax_step(q, tl.trans(k), v, n_ok[None, :], m_i, l_i, acc, scale_log2, IEEE)
 
     @triton.jit
     def _new_step(i0, new_hi, q_start, jq, q, m_i, l_i, acc, k_h, v_h, scale_log2,
@@ -284,14 +287,19 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
     page = kv_cache_layer.shape[2]
     max_ctx = block_tables.shape[1] * page
     # Rows of a tile = (query token, q head of the group) pairs. Decode / verify batches get
-    # 16-32 rows; prefill-like batches (many tokens per request) 128 rows for K/V reuse.
+    # 16-32 rows; prefill-like batches (many tokens per request) up to 128 rows for K/V reuse.
+    # fp32 (tests) stays small: its tiles spill registers. Gathered K/V loads need one address
+    # per element, hence the small BLOCK_N at head_dim 128 (checked: no spills on sm_90).
+    max_m = 32 if q.dtype == torch.float32 else 128
     block_m = max(16, triton.next_power_of_2(G))
     per_req = -(-T // max(R, 1))
-    while block_m < 128 and block_m < per_req * G:
+    while block_m < max_m and block_m < per_req * G:
         block_m *= 2
     block_q = block_m // G
-    block_n = 64
-    num_warps = 8 if block_m >= 128 else 4
+    if D >= 128:
+        block_n, num_warps = 32, 8
+    else:
+        block_n, num_warps = (64, 8) if block_m >= 64 else (32, 4)
     tiles = T // block_q + R
     if num_splits is None:
         num_splits = 1
@@ -332,9 +340,9 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
 
 
 # ----------------------------------------------------------------------------------------------
-# Reference (plain torch). Two strategies with identical results: one batched SDPA over requests
-# padded to the longest query / context (cheap for decode and verify batches), or a loop over
-# requests (prefill batches, where padding every request to the longest prompt would waste).
+# Reference (plain torch). Two strategies with identical results: all requests at once, padded to
+# the longest query / context (cheap for decode and verify batches), or a loop over requests with
+# SDPA (prefill batches, where padding every request to the longest prompt would waste).
 # ----------------------------------------------------------------------------------------------
 
 def paged_attention_ref(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
@@ -343,8 +351,8 @@ def paged_attention_ref(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
                         token_req_idx: torch.Tensor, scale: float,
                         out: Optional[torch.Tensor] = None,
                         strategy: Optional[str] = None) -> torch.Tensor:
-    """Same contract as paged_attention. strategy: None (pick by padding waste), "batched",
-    "loop". Reads lengths on the host (a sync on CUDA: not graph-capturable)."""
+    """Same contract as paged_attention. strategy: None (pick by shape), "batched" or "loop"
+    (tests force each). Reads lengths on the host (a sync on CUDA: not graph-capturable)."""
     T, Hq, D = q.shape
     res = torch.zeros((T, Hq, D), dtype=q.dtype, device=q.device)
     if T > 0:
@@ -353,11 +361,13 @@ def paged_attention_ref(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tenso
         reqs = [r for r in range(len(qsl) - 1) if qsl[r + 1] > qsl[r]]
         if reqs:
             if strategy is None:
+                # Batched wins for several short queries (decode / verify) of similar context
+                # lengths; the loop (SDPA per request) for prefill and very uneven contexts.
                 q_lens = [qsl[r + 1] - qsl[r] for r in reqs]
-                max_q, max_c = max(q_lens), max(ctx[r] for r in reqs)
-                real = sum(n * (ctx[r] + n) for r, n in zip(reqs, q_lens))
-                padded = len(reqs) * max_q * (max_c + max_q)
-                strategy = "batched" if padded <= 2 * real + 4096 else "loop"
+                padded = len(reqs) * (max(ctx[r] for r in reqs) + max(q_lens))
+                real = sum(ctx[r] + n for r, n in zip(reqs, q_lens))
+                batched = len(reqs) > 1 and max(q_lens) <= 16 and padded <= 2 * real + 1024
+                strategy = "batched" if batched else "loop"
             fn = _ref_batched if strategy == "batched" else _ref_loop
             fn(res, q, k_new, v_new, kv_cache_layer, block_tables, qsl, ctx, reqs, scale)
         res[token_req_idx < 0] = 0
@@ -397,39 +407,47 @@ def _ref_loop(res, q, k_new, v_new, kv_cache_layer, block_tables, qsl, ctx, reqs
 
 
 def _ref_batched(res, q, k_new, v_new, kv_cache_layer, block_tables, qsl, ctx, reqs, scale):
+    """All requests at once, padded to the longest query (max_q) and context (whole pages).
+    Scores of context and new keys are computed separately and concatenated (cheaper than
+    concatenating K/V); GQA groups ride in the row dimension: rows = (query, head of group)."""
     dev = q.device
-    Hq, Hkv = q.shape[1], k_new.shape[1]
+    T, Hq, D = q.shape
+    Hkv = k_new.shape[1]
+    G = Hq // Hkv
     page = kv_cache_layer.shape[2]
-    num_blocks = kv_cache_layer.shape[1]
-    idx = torch.tensor(reqs, device=dev, dtype=torch.long)
-    starts = torch.tensor([qsl[r] for r in reqs], device=dev)
-    q_lens = torch.tensor([qsl[r + 1] - qsl[r] for r in reqs], device=dev)
-    c_lens = torch.tensor([ctx[r] for r in reqs], device=dev)
-    max_q = int(max(qsl[r + 1] - qsl[r] for r in reqs))
-    max_c = int(max(ctx[r] for r in reqs))
     B = len(reqs)
+    q_lens = [qsl[r + 1] - qsl[r] for r in reqs]
+    max_q = max(q_lens)
+    nb = max(-(-ctx[r] // page) for r in reqs)
+    starts = torch.tensor([qsl[r] for r in reqs], device=dev)
+    q_len_t = torch.tensor(q_lens, device=dev)
+    c_len_t = torch.tensor([ctx[r] for r in reqs], device=dev)
 
     j = torch.arange(max_q, device=dev)
-    q_valid = j[None, :] < q_lens[:, None]                                 # [B, max_q]
-    tok = (starts[:, None] + j[None, :]).clamp(max=q.shape[0] - 1)          # [B, max_q]
-    qp = q[tok]                                                            # [B, max_q, Hq, D]
-    kn, vn = k_new[tok].to(q.dtype), v_new[tok].to(q.dtype)                 # [B, max_q, Hkv, D]
+    q_valid = j[None, :] < q_len_t[:, None]                                 # [B, max_q]
+    tok = (starts[:, None] + j[None, :]).clamp(max=T - 1)                   # [B, max_q]
+    # [B, max_q, Hkv, G, D] -> [B, Hkv, max_q * G, D]
+    qg = q[tok].view(B, max_q, Hkv, G, D).permute(0, 2, 1, 3, 4).reshape(B, Hkv, max_q * G, D)
+    kn = k_new[tok].to(q.dtype).permute(0, 2, 1, 3)                         # [B, Hkv, max_q, D]
+    vn = v_new[tok].to(q.dtype).permute(0, 2, 1, 3)
 
-    pos = torch.arange(max_c, device=dev)
-    bt = block_tables[idx].long()                                          # [B, max_blocks]
-    blk = bt.gather(1, (pos // page).clamp(max=bt.shape[1] - 1).expand(B, -1))
-    blk = blk.clamp(0, num_blocks - 1)                                     # unused entries
-    off = (pos % page).expand(B, -1)
-    kc = kv_cache_layer[0, blk, off].to(q.dtype)                           # [B, max_c, Hkv, D]
-    vc = kv_cache_layer[1, blk, off].to(q.dtype)
-
-    k = torch.cat([kc, kn], 1).transpose(1, 2)                              # [B, Hkv, Lk, D]
-    v = torch.cat([vc, vn], 1).transpose(1, 2)
-    c_ok = pos[None, None, :] < c_lens[:, None, None]                       # [B, 1, max_c]
-    n_ok = j[None, None, :] <= j[None, :, None]                             # [1, max_q, max_q]
-    mask = torch.cat([c_ok.expand(B, max_q, max_c), n_ok.expand(B, max_q, max_q)], 2)
-    mask = mask | ~q_valid[:, :, None]        # padded query rows: anything finite (discarded)
-    o = F.scaled_dot_product_attention(qp.transpose(1, 2), k, v, attn_mask=mask[:, None],
-                                       scale=scale, enable_gqa=Hq != Hkv)  # [B, Hq, max_q, D]
-    o = o.transpose(1, 2)[q_valid]                                         # [sum q, Hq, D]
-    res[tok[q_valid]] = o
+    # Whole pages of context, K and V in one gather: [2, B, nb * page, Hkv, D].
+    bt = block_tables[torch.tensor(reqs, device=dev)][:, :nb].long()
+    bt = bt.clamp(0, kv_cache_layer.shape[1] - 1)      # entries past a request's context
+    kvc = kv_cache_layer[:, bt].reshape(2, B, nb * page, Hkv, D).to(q.dtype)
+    Lc = nb * page
+    pos = torch.arange(Lc, device=dev)
+    row_j = torch.arange(max_q * G, device=dev) // G                        # query of each row
+    ok_ctx = (pos[None, :] < c_len_t[:, None])[:, None, :]                  # [B, 1, Lc]
+    ok_new = (j[None, :] <= row_j[:, None])[None]                           # [1, M, max_q]
+    o = torch.empty(B, Hkv, max_q * G, D, dtype=q.dtype, device=dev)
+    # One kv head at a time: K/V slices [B, L, D] are strided views that bmm takes without a copy.
+    for h in range(Hkv):
+        s_ctx = torch.bmm(qg[:, h], kvc[0, :, :, h].transpose(1, 2))        # [B, M, Lc]
+        s_new = torch.bmm(qg[:, h], kn[:, h].transpose(1, 2))               # [B, M, max_q]
+        s = torch.cat([s_ctx.masked_fill_(~ok_ctx, float("-inf")),
+                       s_new.masked_fill_(~ok_new, float("-inf"))], -1)
+        p = torch.softmax(s.float() * scale, -1).to(q.dtype)
+        o[:, h] = torch.bmm(p[..., :Lc], kvc[1, :, :, h]) + torch.bmm(p[..., Lc:], vn[:, h])
+    o = o.view(B, Hkv, max_q, G, D).permute(0, 2, 1, 3, 4).reshape(B, max_q, Hq, D)
+    res[tok[q_valid]] = o[q_valid]

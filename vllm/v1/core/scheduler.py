@@ -138,9 +138,11 @@ class Scheduler:
                 break
             num_new = min(num_new, budget)
             if not self.kv.allocate_slots(req, num_new, self.num_lookahead):
-                if not req.block_ids or req.num_computed_tokens == 0:
-                    self.kv.free(req)
-                    req.num_computed_tokens = 0
+                # Give back any prefix-cache hits: a waiting request must hold no blocks, or
+                # requests pushed in front of it (preemption) could starve the pool. The blocks
+                # stay cached and are found again on the next try.
+                self.kv.free(req)
+                req.num_computed_tokens = 0
                 break
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING

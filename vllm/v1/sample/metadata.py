@@ -76,7 +76,8 @@ class SamplingMetadata:
             else:
                 raise ValueError(f"which must be 'prompt' or 'output', got {which!r}")
             if len(rows) != self.num_rows:
-                raise ValueError(f"{which}_token_ids has {len(rows)} rows, expected {self.num_rows}")
+                raise ValueError(f"{which}_token_ids has {len(rows)} rows, "
+                                 f"expected {self.num_rows}")
             width = max((len(r) for r in rows), default=0)
             host = torch.full((len(rows), width), pad_id, dtype=torch.int64)
             for i, r in enumerate(rows):

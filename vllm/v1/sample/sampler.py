@@ -141,7 +141,7 @@ def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return (probs / noise).argmax(dim=-1)
 
 
-# ---- the sampler ----------------------------------------------------------------------------------
+# ---- the sampler -------------------------------------------------------------------------------
 
 class Sampler(nn.Module):
 

@@ -80,7 +80,8 @@ if has_triton():
 
     @triton.jit
     def _commit_slots_kernel(
-        mask_ptr,          # [R, width] bool accepted mask
+        mask_ptr,          # [R, width] bool accepted mask (any strides)
+        stride_m0, stride_m1,
         width,
         slot_ptr,          # [T] int64 KV slot of each draft token
         num_draft,         # T
@@ -93,7 +94,8 @@ if has_triton():
         start = tl.load(cu_ptr + r - 1, mask=r > 0, other=0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         in_req = (offs < end - start) & (start >= 0) & (start + offs < num_draft)
-        acc = tl.load(mask_ptr + r * width + offs, mask=in_req & (offs < width), other=0) != 0
+        acc = tl.load(mask_ptr + r * stride_m0 + offs * stride_m1, mask=in_req & (offs < width),
+                      other=0) != 0
         slot = tl.load(slot_ptr + start + offs, mask=in_req, other=-1)
         tl.store(out_ptr + start + offs, tl.where(acc, slot, -1), mask=in_req)
 else:  # pragma: no cover - exercised only without triton
@@ -253,7 +255,8 @@ def acceptance_to_commit_slots(accepted_mask: torch.Tensor, draft_slot_mapping: 
     if num_reqs == 0 or num_draft == 0:
         return out.fill_(-1)
     _commit_slots_kernel[(num_reqs,)](
-        _nonempty(accepted_mask), width, draft_slot_mapping, num_draft, cu_num_draft_tokens,
+        _nonempty(accepted_mask), accepted_mask.stride(0), accepted_mask.stride(1), width,
+        draft_slot_mapping, num_draft, cu_num_draft_tokens,
         out, BLOCK=block)
     return out
 

@@ -29,7 +29,10 @@ class SpecDecodeStep:
         self.nwor = NworStager(opts.nwor_mode, num_layers, max_staged, num_kv_heads, head_dim,
                                dtype, device, opts.nwor_debug)
         self.scv_mode = resolve_scv_mode(opts.scv_mode, device)
+        self.k = k
         self.scv = ScvVerifier(self.scv_mode, device, max_reqs, k)
+        if device.type == "cuda":
+            self.scv.warmup(widths=[k])   # capture now: a capture mid-serving would sync
         self.rejection_sampler = RejectionSampler()
         self.stats = SpecDecodingStats(num_spec_tokens=k)
         self.acceptance_rate = sc.acceptance_rate
@@ -58,7 +61,7 @@ class SpecDecodeStep:
         if staged:
             self.nwor.begin(spec.total_drafts, len(spec.num_draft_tokens))
         res = self.scv.compute(spec.draft_token_ids, spec.cu_num_draft_tokens, out,
-                               num_draft_tokens=spec.num_draft_tokens)
+                               num_draft_tokens=spec.num_draft_tokens, max_spec_len=self.k)
         if staged:
             slots = acceptance_to_commit_slots(res.accepted_mask, spec.draft_slots,
                                                spec.cu_num_draft_tokens)

@@ -134,8 +134,14 @@ class InputBuffers:
                 self.stage_index[T:Tp].fill_(-1)
             stage_t = self.stage_index[:Tp]
         self._h2d(self.block_tables.view(-1), bt.reshape(-1)) if R else None
-        self._h2d(self.context_lens, starts.astype(np.int32))
-        self._h2d(self.query_start_loc, qsl)
+        # Unused request rows: empty (query_start_loc stays at T), so no kernel or reference
+        # loop over the buffer's full request dimension sees stale requests.
+        ctx_full = np.zeros(self.max_reqs, dtype=np.int32)
+        ctx_full[:R] = starts
+        qsl_full = np.full(self.max_reqs + 1, T, dtype=np.int32)
+        qsl_full[:R + 1] = qsl
+        self._h2d(self.context_lens, ctx_full)
+        self._h2d(self.query_start_loc, qsl_full)
         attn = self.attn_view(Tp, with_stage=stage_t is not None)
         li = np.asarray(logits_idx, dtype=np.int64)
         spec = None
