@@ -138,6 +138,8 @@ def servers(tmp_path_factory):
     finally:
         codes = [s.stop() for s in (main, spec)]
     assert codes == [0, 0], (codes, main.log(), spec.log())
+    for s in (main, spec):
+        assert "Traceback" not in s.log() and "ERROR" not in s.log(), s.log()
 
 
 @pytest.fixture(scope="module")
@@ -422,6 +424,18 @@ def test_disconnected_stream_frees_blocks(server):
     assert metric(after, "vllm:generation_tokens_total") - metric(busy,
                                                                   "vllm:generation_tokens_total") \
         < MAX_MODEL_LEN - 41
+
+    # A non-streaming request whose client goes away is aborted too.
+    body = json.dumps({"model": MODEL, "prompt": "w1 w2", "max_tokens": MAX_MODEL_LEN - 3,
+                       "n": 16, "ignore_eos": True}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                 b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    _wait_metrics(server, lambda t: metric(t, "vllm:num_requests_running") == 16)
+    sock.close()
+    after = _wait_metrics(server, lambda t: metric(t, "vllm:num_requests_running") == 0
+                          and metric(t, "vllm:num_kv_blocks_free") == free0)
+    assert metric(after, "vllm:request_success_total", finished_reason="abort") == aborts0 + 2
 
 
 # ---------------------------------------------------------------------------- API key, NWOR

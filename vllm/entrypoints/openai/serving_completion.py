@@ -166,6 +166,9 @@ class ServingBase:
             raise OpenAIError(str(e), 503) from None
         except RuntimeError as e:
             raise OpenAIError(str(e), 500) from None
+        except ClientDisconnected:
+            # Nobody reads the answer; the requests were aborted (blocks freed).
+            raise OpenAIError("client disconnected", 499) from None
         finally:
             watcher.cancel()
             stream.abort()

@@ -15,7 +15,10 @@ def ngram_propose(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[in
         win = sliding_window_view(tokens[:L - 1], n)
         hits = np.flatnonzero((win == suffix).all(axis=1))
         if hits.size:
-            start = int(hits[-1]) + n
+            # The most recent match that still has k tokens after it; failing that, the
+            # earliest match (the longest continuation available).
+            full = hits[hits + n + k <= L]
+            start = int(full[-1] if full.size else hits[0]) + n
             return tokens[start:start + k].tolist()
     return []
 
