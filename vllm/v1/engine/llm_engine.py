@@ -184,7 +184,7 @@ class LLMEngine:
                     or r.num_output_tokens < p.min_tokens):
                 continue    # penalties / min_tokens change the target distribution per step
             reqs.append(ProposeReq(r.request_id, r.all_token_ids, r.num_computed_tokens,
-                                   r.block_ids))
+                                   r.block_ids, r.num_preemptions))
         if reqs:
             self.scheduler.set_drafts(self.executor.propose(reqs))
 

@@ -12,6 +12,7 @@ class ProposeReq:
     token_ids: list[int]        # the whole sequence so far (prompt + output)
     num_computed: int           # target tokens whose K/V are in the cache (verified)
     block_ids: list[int]        # the request's block table (draft KV shares the layout)
+    num_preemptions: int = 0    # a change means the request's blocks were reallocated
 
 
 def build_proposer(config: VllmConfig, runner):

@@ -45,8 +45,6 @@ class GPUModelRunner:
         self.kv_cache: Optional[torch.Tensor] = None
         self.graphs = CudaGraphRunner([])
         self.spec_step = None   # SpecDecodeStep when speculative decoding is on
-        self.last_hidden: Optional[torch.Tensor] = None   # [T, H] of the last step (EAGLE)
-        self.last_rows: list[tuple[int, int]] = []
         self.step_times: list[float] = []
 
     # ------------------------------------------------------------------ set-up
@@ -126,8 +124,8 @@ class GPUModelRunner:
                 ctx = ForwardContext(inp.attn, self.kv_cache, self.staging)
                 with set_forward_context(ctx):
                     hidden = self.model(inp.input_ids, inp.positions)[:T]
-        self.last_hidden = hidden
-        self.last_rows = inp.hidden_rows_per_req
+        if getattr(self.proposer, "needs_hidden", False):
+            self.proposer.observe(so, hidden, inp.hidden_rows_per_req)   # EAGLE
         logits = self.model.compute_logits(hidden[inp.logits_indices])   # [N, V] fp32
 
         reqs = so.reqs

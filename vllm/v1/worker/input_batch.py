@@ -85,8 +85,13 @@ class InputBuffers:
             if n > self.max_blocks:
                 raise ValueError(f"request {r.req_id} needs {n} blocks > {self.max_blocks}")
             bt[i, :n] = r.block_ids
-        slot_blocks = bt[req_of_tok, positions // bs].astype(np.int64)
-        slots = slot_blocks * bs + positions % bs
+        nblk = np.fromiter((len(r.block_ids) for r in reqs), dtype=np.int64, count=R)
+        blk_idx = positions // bs
+        in_table = blk_idx < nblk[req_of_tok]
+        slot_blocks = bt[req_of_tok, np.minimum(blk_idx, self.max_blocks - 1)].astype(np.int64)
+        # A position past the request's allocated blocks (a drafter near max_model_len) must
+        # write nowhere rather than into a stale block-table entry.
+        slots = np.where(in_table, slot_blocks * bs + positions % bs, PADDING_SLOT_ID)
 
         # Rows needing logits, and the speculative-decoding layout.
         logits_idx: list[int] = []

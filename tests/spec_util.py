@@ -1,0 +1,37 @@
+"""Helpers for speculative-decoding tests: an EAGLE-1 head with random weights saved in the
+published checkpoint layout next to a tiny target."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+
+
+def save_random_eagle_head(target_path: str, out_dir: str, seed: int = 0) -> str:
+    cfg = json.load(open(os.path.join(target_path, "config.json")))
+    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
+    nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    d = h // nh
+    g = torch.Generator().manual_seed(seed)
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) * 0.08
+
+    tensors = {
+        "fc.weight": w(h, 2 * h),
+        "layers.0.self_attn.q_proj.weight": w(nh * d, h),
+        "layers.0.self_attn.k_proj.weight": w(nkv * d, h),
+        "layers.0.self_attn.v_proj.weight": w(nkv * d, h),
+        "layers.0.self_attn.o_proj.weight": w(h, nh * d),
+        "layers.0.mlp.gate_proj.weight": w(inter, h),
+        "layers.0.mlp.up_proj.weight": w(inter, h),
+        "layers.0.mlp.down_proj.weight": w(h, inter),
+        "layers.0.post_attention_layernorm.weight": torch.ones(h),
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"))
+    ecfg = dict(cfg, num_hidden_layers=1, architectures=["LlamaForCausalLM"])
+    json.dump(ecfg, open(os.path.join(out_dir, "config.json"), "w"))
+    return out_dir
