@@ -319,8 +319,7 @@ def test_64_concurrent_streams_and_metrics(server):
     assert metric(after, "vllm:num_requests_running") == 0
     assert metric(after, "vllm:num_requests_waiting") == 0
     assert metric(after, "vllm:kv_cache_usage_perc") == 0
-    # 64 requests were batched, not served one after another: far fewer steps than tokens.
-    print(f"64 streams in {elapsed:.2f} s")
+    print(f"64 concurrent streams in {elapsed:.2f} s")
 
 
 # ---------------------------------------------------------------------------- errors
@@ -469,6 +468,7 @@ def test_nwor_spec_decode_metrics(spec_server):
                              max_tokens=24, temperature=0, extra_body=NO_EOS)
     assert all(ch.finish_reason == "length" for ch in r.choices)
     assert r.usage.completion_tokens == 48
+    assert r.choices[0].text == full        # greedy spec decode does not depend on the batch
     m = spec_server.metrics()
     assert metric(m, "vllm:spec_decode_num_drafts_total") > 0
     assert metric(m, "vllm:spec_decode_num_draft_tokens_total") > 0
