@@ -68,8 +68,10 @@ def qkv_sizes(num_heads: int, num_kv_heads: int, head_dim: int) -> list[int]:
 
 def default_init_(module: nn.Module, seed: Optional[int] = None) -> None:
     """Random weights for load_format='dummy': small uniform values so activations stay finite."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(0 if seed is None else seed)
+    gens: dict = {}
     for p in module.parameters():
-        cpu = torch.empty(p.shape, dtype=torch.float32).uniform_(-0.02, 0.02, generator=gen)
-        p.data.copy_(cpu.to(p.dtype))
+        dev = p.device
+        if dev not in gens:      # draw on the parameter's device: 8B parameters in seconds
+            gens[dev] = torch.Generator(device=dev)
+            gens[dev].manual_seed(0 if seed is None else seed)
+        p.data.uniform_(-0.02, 0.02, generator=gens[dev])

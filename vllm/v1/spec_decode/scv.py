@@ -41,6 +41,8 @@ SCV_MODES = envs.SCV_MODES
 if has_triton():
     import triton
     import triton.language as tl
+    # Triton kernels may only read globals that are constexpr (the interpreter is laxer).
+    _PH = tl.constexpr(PLACEHOLDER_TOKEN_ID)
 
     @triton.jit
     def _scv_compute_mask_kernel(
@@ -64,18 +66,18 @@ if has_triton():
         # inside the sampled row (the OOB clamp) and inside the draft tensor.
         ok = (offs < end - start) & (offs < width) & (offs < num_cols) & (start >= 0) \
             & (start + offs < num_draft)
-        d = tl.load(draft_ptr + start + offs, mask=ok, other=PLACEHOLDER_TOKEN_ID)
+        d = tl.load(draft_ptr + start + offs, mask=ok, other=_PH)
         s = tl.load(sampled_ptr + r * stride_s0 + offs * stride_s1, mask=ok,
-                    other=PLACEHOLDER_TOKEN_ID)
-        match = ok & (s == d) & (s != PLACEHOLDER_TOKEN_ID)
+                    other=_PH)
+        match = ok & (s == d) & (s != _PH)
         # Accepted prefix length = first non-matching position (BLOCK > width, so it exists).
         n_acc = tl.min(tl.where(match, BLOCK, offs), axis=0)
         tl.store(mask_ptr + r * width + offs, offs < n_acc, mask=offs < width)
         tl.store(num_acc_ptr + r, n_acc.to(tl.int32))
         has_tail = n_acc < num_cols
         tail = tl.load(sampled_ptr + r * stride_s0 + n_acc * stride_s1, mask=has_tail,
-                       other=PLACEHOLDER_TOKEN_ID)
-        valid = n_acc + (has_tail & (tail != PLACEHOLDER_TOKEN_ID)).to(tl.int32)
+                       other=_PH)
+        valid = n_acc + (has_tail & (tail != _PH)).to(tl.int32)
         tl.store(valid_ptr + r, valid.to(tl.int32))
 
     @triton.jit
@@ -341,6 +343,7 @@ class ScvVerifier:
         self.buckets = _batch_buckets(max_num_reqs)
         self.mode_counts: dict[str, int] = {"off": 0, "vectorized": 0, "graph": 0}
         self.fallbacks = 0           # invalid shapes -> host ref, or graph capture failures
+        self.last_capture_error: Optional[str] = None
         self.num_captures = 0
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._failed: set[tuple[int, int]] = set()
@@ -445,8 +448,9 @@ class ScvVerifier:
         except Exception as exc:  # capture is an optimization: never fail the step for it
             self._failed.add(key)
             self.fallbacks += 1
+            self.last_capture_error = f"{type(exc).__name__}: {exc}"
             log_once(logger, logging.WARNING, "scv-graph-capture-failed",
-                     "SCV: CUDA graph capture failed (%s: %s); using 'vectorized' for this shape",
+                     "SCV: CUDA graph capture failed (%r: %s); using 'vectorized' for this shape",
                      type(exc).__name__, exc)
             return None
         self._graphs[key] = g

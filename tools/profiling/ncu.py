@@ -1,0 +1,177 @@
+"""Running a command under Nsight Compute and turning its report into `ncu_metrics`.
+
+Two passes per mode (docs/profiling.md, "the trap with per-kernel DRAM writes"):
+  steps    --replay-mode app-range --nvtx --nvtx-include 'step/': one result per NVTX range
+           instance, the whole application re-run once per metric pass. DRAM bytes over whole
+           steps, including write-backs of dirty L2 lines that a per-kernel count misses.
+  kernels  kernel replay of the KV-write / commit / attention kernels only
+           (--kernel-name regex:...): L2 write sectors (lts__t_sectors_op_write.sum) per
+           kernel, i.e. the KV traffic itself whether or not it has reached DRAM yet.
+Both use --profile-from-start off: the microbench calls cudaProfilerStart after its warmup
+batches and cudaProfilerStop after the measured ones, so only measured batches are counted.
+Reports are exported as .ncu-rep and read back with `ncu --import ... --csv --page raw`.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+from typing import Optional, Sequence
+
+from tools.profiling import ncu_parse
+
+DEFAULT_NVTX_INCLUDE = "step/"
+DEFAULT_KERNEL_REGEX = "_write_kv|_commit_staged|paged_attention"
+KV_WRITE_KERNELS = {"write_kv": "_write_kv", "commit_staged": "_commit_staged"}
+
+_PERM_MARKERS = ("ERR_NVGPUCTRPERM", "does not have permission to access NVIDIA GPU Performance "
+                 "Counters")
+
+
+class NcuError(RuntimeError):
+    pass
+
+
+def find_ncu(explicit: Optional[str] = None) -> str:
+    """Path of the ncu binary: --ncu-path, then PATH, then the usual CUDA / Nsight folders."""
+    if explicit:
+        if os.path.isfile(explicit) and os.access(explicit, os.X_OK):
+            return explicit
+        raise NcuError(f"ncu not found at --ncu-path {explicit!r}")
+    found = shutil.which("ncu")
+    if found:
+        return found
+    cands = ["/usr/local/cuda/bin/ncu"] + sorted(glob.glob("/usr/local/cuda*/bin/ncu")) \
+        + sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"), reverse=True)
+    for c in cands:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise NcuError("Nsight Compute (ncu) not found: it is not on PATH nor in /usr/local/cuda/bin "
+                   "or /opt/nvidia/nsight-compute. Install Nsight Compute (it ships with the "
+                   "CUDA toolkit) or pass --ncu-path /path/to/ncu.")
+
+
+def ncu_version(ncu: str) -> str:
+    try:
+        out = subprocess.run([ncu, "--version"], capture_output=True, text=True, timeout=60)
+        lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else "unknown"
+    except Exception as e:
+        raise NcuError(f"{ncu} --version failed: {e}") from None
+
+
+def check_output_for_errors(text: str) -> None:
+    if any(m in text for m in _PERM_MARKERS):
+        raise NcuError(
+            "ncu lacks permission to read the GPU performance counters (ERR_NVGPUCTRPERM). "
+            "Run as root (sudo -E env PATH=$PATH ...), or let non-admin users profile: load "
+            "the nvidia module with NVreg_RestrictProfilingToAdminUsers=0 (see "
+            "https://developer.nvidia.com/ERR_NVGPUCTRPERM). In a container, start it with "
+            "--cap-add=SYS_ADMIN.")
+
+
+def _common(ncu: str, report: str, metrics: Sequence[str], profile_from_start: bool) -> list[str]:
+    cmd = [ncu, "--target-processes", "all", "--metrics", ",".join(metrics),
+           "--export", report, "--force-overwrite"]
+    if not profile_from_start:
+        cmd += ["--profile-from-start", "off"]
+    return cmd
+
+
+def steps_cmd(ncu: str, report: str, app: Sequence[str], nvtx_include: str = DEFAULT_NVTX_INCLUDE,
+              metrics: Sequence[str] = ncu_parse.METRICS, profile_from_start: bool = False,
+              launch_count: Optional[int] = None) -> list[str]:
+    cmd = _common(ncu, report, metrics, profile_from_start)
+    cmd += ["--replay-mode", "app-range", "--nvtx", "--nvtx-include", nvtx_include]
+    if launch_count:
+        cmd += ["--launch-count", str(launch_count)]
+    return cmd + list(app)
+
+
+def kernels_cmd(ncu: str, report: str, app: Sequence[str],
+                kernel_regex: str = DEFAULT_KERNEL_REGEX,
+                metrics: Sequence[str] = ncu_parse.METRICS, profile_from_start: bool = False,
+                launch_count: Optional[int] = None) -> list[str]:
+    cmd = _common(ncu, report, metrics, profile_from_start)
+    cmd += ["--replay-mode", "kernel", "--kernel-name", f"regex:{kernel_regex}"]
+    if launch_count:
+        cmd += ["--launch-count", str(launch_count)]
+    return cmd + list(app)
+
+
+def run(cmd: Sequence[str], log_path: str, timeout: Optional[float] = None,
+        env: Optional[dict] = None) -> None:
+    """Run ncu (the profiled app's output goes to the same log); raise NcuError on failure."""
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        try:
+            p = subprocess.run(list(cmd), stdout=log, stderr=subprocess.STDOUT, timeout=timeout,
+                               env=env)
+        except FileNotFoundError:
+            raise NcuError(f"cannot execute {cmd[0]!r}") from None
+        except subprocess.TimeoutExpired:
+            raise NcuError(f"ncu timed out after {timeout} s (log: {log_path})") from None
+    with open(log_path, errors="replace") as f:
+        text = f.read()
+    check_output_for_errors(text)
+    if p.returncode != 0:
+        tail = "\n".join(text.splitlines()[-15:])
+        raise NcuError(f"ncu exited with {p.returncode} (log: {log_path}):\n{tail}")
+
+
+def export_csv(ncu: str, report: str, csv_path: str) -> str:
+    """`ncu --import report --csv --page raw` (base units) -> csv_path; returns the text."""
+    rep = report if report.endswith(".ncu-rep") else report + ".ncu-rep"
+    if not os.path.exists(rep):
+        raise NcuError(f"ncu wrote no report {rep!r}: nothing was profiled (no NVTX range / "
+                       "kernel matched, or cudaProfilerStart was never called)")
+    base = [ncu, "--import", rep, "--csv", "--page", "raw"]
+    for cmd in (base + ["--print-units", "base"], base):
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if p.returncode == 0 and ('"ID"' in p.stdout or p.stdout.startswith("ID,")):
+            with open(csv_path, "w") as f:
+                f.write(p.stdout)
+            return p.stdout
+    check_output_for_errors(p.stdout + p.stderr)
+    raise NcuError(f"ncu --import failed ({p.returncode}): {(p.stderr or p.stdout)[-2000:]}")
+
+
+def summarize_steps(table: ncu_parse.NcuTable) -> dict:
+    return ncu_parse.summarize(table, ncu_parse.METRICS)
+
+
+def summarize_kernels(table: ncu_parse.NcuTable) -> dict:
+    """Per kernel (short names) plus the KV-write kernels' L2 write sectors and bytes."""
+    for r in table.results:
+        r.name = ncu_parse.short_kernel_name(r.name)
+    s = ncu_parse.summarize(table, ncu_parse.METRICS)
+    kv = {}
+    for label, prefix in KV_WRITE_KERNELS.items():
+        rows = [r for r in table.results if r.name.startswith(prefix)]
+        agg = ncu_parse.aggregate(rows, ["lts__t_sectors_op_write.sum", "dram__bytes_write.sum"])
+        sectors = agg["lts__t_sectors_op_write.sum"]
+        kv[label] = {"count": len(rows), "l2_write_sectors": sectors,
+                     "l2_write_bytes": None if sectors is None else sectors * 32,
+                     "dram_write_bytes": agg["dram__bytes_write.sum"]}
+    s["kv_write_kernels"] = kv
+    return s
+
+
+def metrics_from_csv(steps_csv: Optional[str], kernels_csv: Optional[str]) -> dict:
+    """Build a mode's `ncu_metrics` from the two CSV texts (either may be None).
+
+    Top-level metric keys (the seed's `ncu_metrics['dram__bytes_write.sum']`) are the totals
+    over whole steps (NVTX ranges) when that pass ran, else over the profiled kernels."""
+    out: dict = {}
+    if steps_csv is not None:
+        out["steps"] = summarize_steps(ncu_parse.parse_csv(steps_csv))
+    if kernels_csv is not None:
+        out["kernels"] = summarize_kernels(ncu_parse.parse_csv(kernels_csv))
+    top = out.get("steps") or out.get("kernels")
+    if top is not None:
+        for m in ncu_parse.METRICS:
+            out[m] = top["totals"].get(m)
+        out["totals_from"] = "steps" if "steps" in out else "kernels"
+    return out
