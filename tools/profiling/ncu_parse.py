@@ -65,6 +65,8 @@ def unit_scale(unit: str) -> tuple[float, str]:
         num, den = unit.split("/", 1)
         fn, bn = _scale_simple(num)
         fd, bd = _scale_simple(den)
+        if bd == "nsecond":                       # rates per second, not per nanosecond
+            fd, bd = fd / 1e9, "second"
         return fn / fd, f"{bn}/{bd}"
     return _scale_simple(unit)
 

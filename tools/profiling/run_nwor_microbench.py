@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "as vectorized without CUDA; scv_mode_effective says so)")
     r.add_argument("--output", default=os.path.join("sweeps", "nwor_microbench.json"))
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--cpu-threads", type=int, default=None,
+                   help="torch.set_num_threads (CPU runs on a busy machine: 1 avoids "
+                        "descheduled OpenMP workers stalling every op)")
     n = p.add_argument_group("Nsight Compute (--ncu)")
     n.add_argument("--ncu", action="store_true",
                    help="after the normal runs, re-run each mode under ncu and fill ncu_metrics")
@@ -401,6 +404,9 @@ def main(argv=None) -> int:
     if args.requests < 1 or args.batches < 1 or args.warmup < 0:
         print("error: --requests and --batches must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2
+    if args.cpu_threads:
+        import torch
+        torch.set_num_threads(args.cpu_threads)
     models = resolve_models(args)
     ncu_state = None
     if args.ncu:

@@ -145,11 +145,15 @@ def race(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
 
 class Sampler(nn.Module):
 
-    def forward(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+    def forward(self, logits: torch.Tensor, metadata: SamplingMetadata,
+                compute_selected: bool = True) -> SamplerOutput:
+        """compute_selected=False skips the sampled token's logprob when nobody asked for
+        logprobs (saves a reduction over the vocabulary per step)."""
         with nvtx_range("sampler"):
-            return self._forward(logits, metadata)
+            return self._forward(logits, metadata, compute_selected)
 
-    def _forward(self, logits: torch.Tensor, metadata: SamplingMetadata) -> SamplerOutput:
+    def _forward(self, logits: torch.Tensor, metadata: SamplingMetadata,
+                 compute_selected: bool = True) -> SamplerOutput:
         if logits.dim() != 2:
             raise ValueError(f"logits must be [N, V], got shape {tuple(logits.shape)}")
         if logits.shape[0] != metadata.num_rows:
@@ -167,6 +171,8 @@ class Sampler(nn.Module):
             if greedy_ids is not None:
                 sampled = torch.where(metadata.is_greedy, greedy_ids, sampled)
 
+        if not compute_selected and metadata.max_num_logprobs is None:
+            return SamplerOutput(sampled, None, None, None)
         return self._logprobs(raw, sampled, metadata.max_num_logprobs)
 
     @staticmethod

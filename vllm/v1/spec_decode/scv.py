@@ -334,6 +334,9 @@ class ScvVerifier:
         if max_spec_len < 1:
             raise ValueError(f"max_spec_len must be >= 1, got {max_spec_len}")
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            # tensors report cuda:N; a bare "cuda" would never compare equal to them
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.requested_mode = mode
         self.mode = resolve_scv_mode(mode, self.device)
         self.max_num_reqs = max_num_reqs

@@ -136,7 +136,7 @@ class GPUModelRunner:
             plain_logits = logits[rows] if len(rows) != logits.shape[0] else logits
             mask_min_tokens(plain_logits, [reqs[i] for i in plain])
             md = self._sampling_metadata([reqs[i] for i in plain])
-            plain_tokens = self.sampler(plain_logits, md).sampled_token_ids
+            plain_tokens = self.sampler(plain_logits, md, compute_selected=False).sampled_token_ids
         spec_out = None
         if inp.spec is not None:
             md = self._sampling_metadata([reqs[i] for i in inp.spec.req_indices])

@@ -46,14 +46,38 @@ class InputBuffers:
         self.context_lens = torch.zeros(max_reqs, dtype=i32, device=device)
         self.query_start_loc = torch.zeros(max_reqs + 1, dtype=i32, device=device)
         self._bt_host = np.zeros((max_reqs, max_blocks), dtype=np.int32)
-        pin = device.type == "cuda"
-        self._pin = pin
+        self._cuda = device.type == "cuda"
+        # Pinned host mirrors of the device buffers (allocated once): H2D copies are then
+        # truly asynchronous and no step pays for pinning fresh memory.
+        self._mirror: dict[int, torch.Tensor] = {}
+        self._copied = torch.cuda.Event() if self._cuda else None
+        self._pending = False
 
     def _h2d(self, dst: torch.Tensor, src: np.ndarray) -> None:
         t = torch.from_numpy(src)
-        if self._pin:
-            t = t.pin_memory()
-        dst[:len(src)].copy_(t, non_blocking=True)
+        if not self._cuda:
+            dst[:len(src)].copy_(t)
+            return
+        base = dst if dst._base is None else dst._base
+        host = self._mirror.get(id(base))
+        if host is None:
+            host = torch.empty(base.numel(), dtype=base.dtype, pin_memory=True)
+            self._mirror[id(base)] = host
+        n = len(src)
+        host[:n].copy_(t)
+        dst.reshape(-1)[:n].copy_(host[:n], non_blocking=True)
+
+    def _wait_previous_copies(self) -> None:
+        # A drafter runs several forwards between host syncs: do not overwrite a pinned mirror
+        # the GPU has not read yet. In the main step loop this is already complete (no wait).
+        if self._pending:
+            self._copied.synchronize()
+            self._pending = False
+
+    def _mark_copies(self) -> None:
+        if self._cuda:
+            self._copied.record()
+            self._pending = True
 
     def attn_view(self, T: int, with_stage: bool = False) -> AttentionMetadata:
         return AttentionMetadata(
@@ -69,6 +93,7 @@ class InputBuffers:
         reqs = so.reqs
         R = len(reqs)
         bs = self.block_size
+        self._wait_previous_copies()
         counts = np.fromiter((len(r.token_ids) for r in reqs), dtype=np.int64, count=R)
         T = int(counts.sum())
         qsl = np.zeros(R + 1, dtype=np.int32)
@@ -148,6 +173,7 @@ class InputBuffers:
         self._h2d(self.context_lens, ctx_full)
         self._h2d(self.query_start_loc, qsl_full)
         attn = self.attn_view(Tp, with_stage=stage_t is not None)
+        self._mark_copies()
         li = np.asarray(logits_idx, dtype=np.int64)
         spec = None
         if spec_req:

@@ -1,0 +1,170 @@
+"""tools/profiling/ncu_parse.py and ncu.py on stored ncu CSV samples (synthetic ones, and the
+real H100 one once it is added: every tests/tools/data/ncu_sample_*.csv is checked)."""
+import glob
+import json
+import os
+
+import pytest
+
+from tools.profiling import ncu, ncu_parse, ncu_stats
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+SAMPLES = sorted(glob.glob(os.path.join(DATA, "ncu_sample_*.csv")))
+
+
+def test_samples_exist():
+    assert any("synthetic" in s for s in SAMPLES)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=os.path.basename)
+def test_sample_parses(path):
+    table = ncu_parse.parse_file(path)
+    assert table.results, "no results parsed"
+    assert table.metric_names and all("__" in m for m in table.metric_names)
+    for r in table.results:
+        assert r.name and r.id
+        for m, v in r.metrics.items():
+            assert v is None or v >= 0, (r.id, m, v)
+    # bytes and times come out in base units whatever ncu printed
+    for m, u in table.units.items():
+        if "bytes" in m:
+            assert u == "byte", (m, u)
+        if m == "gpu__time_duration.sum":
+            assert u == "nsecond"
+    s = ncu_parse.summarize(table)
+    assert s["count"] == len(table.results)
+    assert sum(v["count"] for v in s["by_name"].values()) == s["count"]
+    for m in table.metric_names:       # additive metrics: per-name sums add up to the total
+        if ncu_parse.is_average_metric(m) or s["totals"][m] is None:
+            continue
+        parts = sum(v[m] or 0 for v in s["by_name"].values())
+        assert parts == pytest.approx(s["totals"][m])
+
+
+@pytest.mark.parametrize("path", [s for s in SAMPLES
+                                  if os.path.exists(s[:-4] + ".expected.json")],
+                         ids=os.path.basename)
+def test_sample_expected_values(path):
+    with open(path[:-4] + ".expected.json") as f:
+        exp = json.load(f)
+    table = ncu_parse.parse_file(path)
+    s = ncu_parse.summarize(table)
+    assert s["count"] == exp["count"]
+    for m, u in exp.get("units", {}).items():
+        assert table.units[m] == u
+    for m, v in exp["totals"].items():
+        assert s["totals"][m] == pytest.approx(v, rel=1e-9), m
+    for name, want in exp["by_name"].items():
+        got = s["by_name"][name]
+        for m, v in want.items():
+            assert got[m] == pytest.approx(v, rel=1e-9), (name, m)
+
+
+def test_units_and_numbers():
+    assert ncu_parse.unit_scale("Mbyte") == (1e6, "byte")
+    assert ncu_parse.unit_scale("Kbyte") == (1e3, "byte")
+    assert ncu_parse.unit_scale("byte") == (1.0, "byte")
+    assert ncu_parse.unit_scale("Gbyte/second") == (1e9, "byte/second")
+    assert ncu_parse.unit_scale("usecond") == (1e3, "nsecond")
+    assert ncu_parse.unit_scale("msecond") == (1e6, "nsecond")
+    assert ncu_parse.unit_scale("sector") == (1.0, "sector")
+    assert ncu_parse.unit_scale("%") == (1.0, "%")
+    assert ncu_parse.parse_number("1,234,567.5") == 1234567.5
+    assert ncu_parse.parse_number("n/a") is None
+    assert ncu_parse.parse_number("") is None
+    assert ncu_parse.parse_number("1e3") == 1000.0
+    with pytest.raises(ncu_parse.NcuParseError):
+        ncu_parse.parse_number("abc")
+
+
+def test_header_without_units_row_and_noise():
+    text = ("some app output\n==PROF== Disconnected\n"
+            '"ID","Process ID","Process Name","Host Name","Kernel Name","dram__bytes_write.sum"\n'
+            '"0","1","py","h","void foo<int>(int*)","1,000"\n'
+            '"1","1","py","h","void foo<int>(int*)","24"\n')
+    t = ncu_parse.parse_csv(text)
+    assert [r.metrics["dram__bytes_write.sum"] for r in t.results] == [1000.0, 24.0]
+    assert ncu_parse.short_kernel_name(t.results[0].name) == "foo"
+    with pytest.raises(ncu_parse.NcuParseError, match="header"):
+        ncu_parse.parse_csv("nothing here\n")
+
+
+def _csv(path):
+    with open(path) as f:
+        return f.read()
+
+
+def test_metrics_from_csv_layout():
+    steps = _csv(os.path.join(DATA, "ncu_sample_synthetic_steps.csv"))
+    kernels = _csv(os.path.join(DATA, "ncu_sample_synthetic.csv"))
+    m = ncu.metrics_from_csv(steps, kernels)
+    # the seed's access pattern: ncu_metrics['dram__bytes_write.sum'] = whole-step total
+    assert m["dram__bytes_write.sum"] == pytest.approx(118.25e6)
+    assert m["totals_from"] == "steps"
+    kv = m["kernels"]["kv_write_kernels"]
+    assert kv["write_kv"]["count"] == 2
+    assert kv["write_kv"]["l2_write_bytes"] == 122944 * 32
+    assert kv["commit_staged"]["l2_write_sectors"] == 7680
+    only_k = ncu.metrics_from_csv(None, kernels)
+    assert only_k["totals_from"] == "kernels" and only_k["dram__bytes_write.sum"] == 7168
+
+
+def test_ncu_commands():
+    app = ["python", "x.py"]
+    c = ncu.steps_cmd("ncu", "/tmp/r", app)
+    assert c[-2:] == app
+    s = " ".join(c)
+    for part in ("--target-processes all", "--replay-mode app-range", "--nvtx",
+                 "--nvtx-include step/", "--profile-from-start off",
+                 "dram__bytes_write.sum,dram__bytes_read.sum"):
+        assert part in s
+    k = " ".join(ncu.kernels_cmd("ncu", "/tmp/r", app, launch_count=50))
+    assert "--kernel-name regex:_write_kv|_commit_staged|paged_attention" in k
+    assert "--launch-count 50" in k and "--replay-mode kernel" in k
+
+
+def test_clear_errors():
+    with pytest.raises(ncu.NcuError, match="not found"):
+        ncu.find_ncu("/nonexistent/ncu")
+    with pytest.raises(ncu.NcuError, match="permission"):
+        ncu.check_output_for_errors("==ERROR== ERR_NVGPUCTRPERM - The user does not have "
+                                    "permission to access NVIDIA GPU Performance Counters")
+    ncu.check_output_for_errors("==PROF== Disconnected from process 1")
+
+
+def test_microbench_ncu_flag_fails_fast(tmp_path, capsys):
+    from tools.profiling import run_nwor_microbench as mb
+    rc = mb.main(["--ncu", "--ncu-path", "/nonexistent/ncu", "--output",
+                  str(tmp_path / "x.json"), "--no-progress"])
+    assert rc == 2
+    assert "ncu not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def _entry(nwor, model, steps_csv, kernels_csv):
+    return {"nwor_mode": nwor, "scv_mode": "graph", "kv_bytes_written_model": model,
+            "ncu_metrics": ncu.metrics_from_csv(steps_csv, kernels_csv)}
+
+
+def test_stats_text():
+    from tools.profiling import byte_model
+    geo = {"num_layers": 30, "num_kv_heads": 3, "head_dim": 64, "dtype": "bfloat16"}
+    c = {"prompt_tokens": 100, "prefix_cache_hit_tokens": 0, "generation_tokens": 80,
+         "finished_requests": 2, "spec_num_drafts": 20, "spec_num_draft_tokens": 80,
+         "spec_num_accepted_tokens": 50, "nwor_tokens_staged": 0, "nwor_tokens_committed": 0}
+    off = byte_model.kv_bytes_written_model(c, geo)
+    stage = byte_model.kv_bytes_written_model(
+        dict(c, nwor_tokens_staged=80, nwor_tokens_committed=50), geo)
+    steps = _csv(os.path.join(DATA, "ncu_sample_synthetic_steps.csv"))
+    kernels = _csv(os.path.join(DATA, "ncu_sample_synthetic.csv"))
+    text = ncu_stats.compare(_entry("off", off, steps, kernels),
+                             _entry("stage", stage, steps, kernels))
+    for part in ("dram__bytes_write.sum", "dram__bytes_read.sum", "lts__t_sectors_op_write.sum",
+                 "delta", "model", "write_kv", "commit_staged", "staging stays in L2"):
+        assert part in text
+    pk = ncu_stats.predicted_kernel_bytes(stage, "stage")
+    bpt = stage["bytes_per_token"]
+    # stage: write_kv writes cache tokens other than commits, plus all staged drafts
+    assert pk["write_kv"] + pk["commit_staged"] == stage["total_bytes"]
+    assert pk["commit_staged"] == 50 * bpt
+    assert ncu_stats.predicted_kernel_bytes(off, "off")["write_kv"] == off["cache_bytes"]
