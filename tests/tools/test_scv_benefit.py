@@ -64,8 +64,11 @@ def test_summarize_trace_counts():
         _ev("_scv_compute_mask_kernel", "kernel", 60, 3, corr=3, pid=0),
         _ev("elementwise_kernel", "kernel", 64, 1, corr=4, pid=0),
         _ev("Memcpy DtoH (Device -> Pageable)", "gpu_memcpy", 70, 1, corr=5, pid=0),
-        _ev("unrelated_kernel", "kernel", 30, 50, corr=99, pid=0),
-        _ev("cudaLaunchKernel", "cuda_runtime", 200, 5, corr=7),      # outside the range
+        # a kernel whose launch was not recorded: attributed by time
+        _ev("orphan_kernel", "kernel", 95, 2, corr=50, pid=0),
+        # launched outside the range: not counted
+        _ev("cudaLaunchKernel", "cuda_runtime", 200, 5, corr=7),
+        _ev("unrelated_kernel", "kernel", 30, 50, corr=7, pid=0),
     ]
     s = scv_benefit.summarize_trace({"traceEvents": evs}, calls_per_shape=2)["scv_shape/b8_k4"]
     assert s["profiled_calls"] == 2
@@ -75,7 +78,7 @@ def test_summarize_trace_counts():
     assert s["memcpy_dtoh"] == 0.5
     assert s["cuda_api_calls"] == 3.0
     assert s["cuda_api_us"] == pytest.approx((3 + 4 + 5 + 5 + 2 + 10) / 2)
-    assert s["gpu_kernels"] == 1.5 and s["gpu_kernel_us"] == pytest.approx(3.0)
+    assert s["gpu_kernels"] == 2.0 and s["gpu_kernel_us"] == pytest.approx(4.0)
     assert s["scv_host_us"] == 40 and s["cpu_ops"] == 0.5
 
 

@@ -166,6 +166,13 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _free_device() -> None:
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _delta(before: dict, after: dict) -> dict:
     out = {}
     for k, v in after.items():
@@ -245,12 +252,10 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
         geometry = byte_model.geometry_from_config(eng.config.model_config,
                                                    models["tensor_parallel_size"])
         scv_effective = eng.stats.scv_mode
+        del eng
     finally:
         llm.shutdown()
         del llm
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     return per_mode_entry(args, nwor, scv, scv_effective, m, geometry, lat, toks, init_s,
                           warmup_s)
 
@@ -438,6 +443,7 @@ def main(argv=None) -> int:
             progress.write(f"mode nwor={nwor} scv={scv} failed: {e!r}")
             per_mode.append({"nwor_mode": nwor, "scv_mode": scv, "error": repr(e),
                              "traceback": traceback.format_exc()})
+        _free_device()        # the engine is unreachable now: give its memory back
     progress.close()
     result = {"config": config, "summary": {"per_mode": per_mode}}
     common.write_json(args.output, result)

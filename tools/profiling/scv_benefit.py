@@ -188,15 +188,21 @@ def summarize_trace(trace: dict, calls_per_shape: int) -> dict[str, dict]:
     (launches, graph launches, syncs, API time), GPU work they caused (matched by correlation
     id, else by time), and the CPU time of the CALL_NAME annotations. Values are per call."""
     evs = _events(trace)
-    shapes = [e for e in evs if str(e.get("name", "")).startswith(SHAPE_PREFIX)]
+    shapes = sorted((e for e in evs if str(e.get("name", "")).startswith(SHAPE_PREFIX)),
+                    key=lambda e: float(e["ts"]))
     gpu = [e for e in evs if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    api_corrs = {_corr(e) for e in evs if e.get("cat") in API_CATS} - {None}
     gpu_by_corr: dict = {}
     for g in gpu:
         gpu_by_corr.setdefault(_corr(g), []).append(g)
+    # GPU work whose launch was not recorded (no API event with its correlation id) is
+    # attributed by time: to the shape range it starts in, or after (until the next range).
+    orphans = [g for g in gpu if _corr(g) not in api_corrs]
     out = {}
     n = max(1, calls_per_shape)
-    for s in shapes:
+    for i, s in enumerate(shapes):
         t0, t1 = float(s["ts"]), float(s["ts"]) + float(s.get("dur", 0))
+        t_next = float(shapes[i + 1]["ts"]) if i + 1 < len(shapes) else float("inf")
         inside = [e for e in evs if e is not s and e.get("pid") == s.get("pid")
                   and t0 <= float(e["ts"]) <= t1 and e.get("cat") not in
                   ("kernel", "gpu_memcpy", "gpu_memset")]
@@ -204,8 +210,7 @@ def summarize_trace(trace: dict, calls_per_shape: int) -> dict[str, dict]:
         names = [e.get("name", "") for e in api]
         corrs = {_corr(e) for e in api} - {None}
         caused = [g for c in corrs for g in gpu_by_corr.get(c, [])]
-        if not caused and not corrs:            # no correlation ids: fall back to time
-            caused = [g for g in gpu if t0 <= float(g["ts"]) <= t1]
+        caused += [g for g in orphans if t0 <= float(g["ts"]) < t_next]
         kern = [g for g in caused if g.get("cat") == "kernel"]
         memcpy = [g for g in caused if g.get("cat") == "gpu_memcpy"]
         calls = [e for e in inside if e.get("name") == CALL_NAME]

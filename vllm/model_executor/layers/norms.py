@@ -6,6 +6,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vllm.model_executor.layers.fused_norm import rms_norm
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
@@ -15,13 +17,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
         # With a residual: returns (norm(x + residual), x + residual), the pre-norm pattern.
-        if residual is not None:
-            x = x + residual
-            residual = x
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        out = out.to(x.dtype) * self.weight
-        return out if residual is None else (out, residual)
+        # One fused kernel on CUDA; the exact torch formula elsewhere (see fused_norm.py).
+        return rms_norm(x, self.weight, self.eps, residual)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -7,6 +7,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vllm.model_executor.layers.fused_rotary import rotary_embedding
+
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     # Llama 3.1 frequency scaling: long wavelengths divided by `factor`, short ones kept,
@@ -42,18 +44,7 @@ class RotaryEmbedding(nn.Module):
                              persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        # positions [T]; q [T, Hq, D]; k [T, Hkv, D]
-        cs = self.cos_sin[positions]
-        half = self.rotary_dim // 2
-        cos = cs[:, None, :half]
-        sin = cs[:, None, half:]
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rd = self.rotary_dim
-        xr = x[..., :rd].float()
-        x1, x2 = xr.chunk(2, dim=-1)
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
-        if rd == x.shape[-1]:
-            return out
-        return torch.cat([out, x[..., rd:]], dim=-1)
+        # positions [T]; q [T, Hq, D]; k [T, Hkv, D] -> (q_rot, k_rot). On CUDA one fused kernel
+        # rotates q and k IN PLACE (views of qkv: no copy) and returns them; elsewhere new
+        # tensors (see fused_rotary.py). Callers must use the returned tensors.
+        return rotary_embedding(positions, q, k, self.cos_sin, self.rotary_dim)

@@ -4,11 +4,11 @@ from __future__ import annotations
 from typing import Iterable, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vllm.distributed.parallel_state import divide, get_tp_size
 from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.fused_act import silu_and_mul
 from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear, qkv_sizes
 from vllm.model_executor.layers.norms import RMSNorm
 from vllm.model_executor.layers.rotary import RotaryEmbedding
@@ -71,8 +71,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(intermediate, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):

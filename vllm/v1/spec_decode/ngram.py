@@ -24,8 +24,11 @@ def ngram_propose(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[in
 
 
 class NgramProposer:
-    def __init__(self, k: int, n_min: int, n_max: int):
+    def __init__(self, k: int, n_min: int, n_max: int, always_draft: bool = False):
+        # always_draft: benchmark-only (controlled acceptance on dummy weights): every request
+        # gets k drafts each step, padded with its last token, so verify windows are full.
         self.k, self.n_min, self.n_max = k, n_min, n_max
+        self.always_draft = always_draft
 
     def kv_bytes_per_block(self) -> int:
         return 0
@@ -41,6 +44,8 @@ class NgramProposer:
         for r in reqs:
             d = ngram_propose(np.asarray(r.token_ids, dtype=np.int64), self.n_min, self.n_max,
                               self.k)
+            if self.always_draft and len(d) < self.k:
+                d = d + [r.token_ids[-1]] * (self.k - len(d))
             if d:
                 out[r.req_id] = d
         return out

@@ -22,7 +22,7 @@ def build_proposer(config: VllmConfig, runner):
     if sc.method == "ngram":
         from vllm.v1.spec_decode.ngram import NgramProposer
         return NgramProposer(sc.num_speculative_tokens, sc.prompt_lookup_min,
-                             sc.prompt_lookup_max)
+                             sc.prompt_lookup_max, always_draft=sc.acceptance_rate is not None)
     if sc.method == "draft_model":
         from vllm.v1.spec_decode.draft_model import DraftModelProposer
         return DraftModelProposer(config, runner)
