@@ -168,3 +168,70 @@ def test_stats_text():
     assert pk["write_kv"] + pk["commit_staged"] == stage["total_bytes"]
     assert pk["commit_staged"] == 50 * bpt
     assert ncu_stats.predicted_kernel_bytes(off, "off")["write_kv"] == off["cache_bytes"]
+
+
+FAKE_NCU = r'''#!{python}
+"""A stand-in for ncu: runs the application, writes an empty report; --import prints a stored
+sample CSV (steps or kernels by the report's name)."""
+import os, subprocess, sys
+args = sys.argv[1:]
+if args[:1] == ["--version"]:
+    print("NVIDIA (R) Nsight Compute Command Line Profiler\nVersion 2025.0.0.0 (fake)")
+    sys.exit(0)
+if "--import" in args:
+    rep = args[args.index("--import") + 1]
+    name = "ncu_sample_synthetic_steps.csv" if "_steps" in rep else "ncu_sample_synthetic.csv"
+    print(open(os.path.join({data!r}, name)).read())
+    sys.exit(0)
+with open({log!r}, "a") as f:
+    f.write(" ".join(args) + "\n")
+i = 0
+while i < len(args):
+    if args[i] in ("--nvtx", "--force-overwrite"):
+        i += 1
+    elif args[i].startswith("-"):
+        i += 2
+    else:
+        break
+report = args[args.index("--export") + 1]
+rc = subprocess.call(args[i:])
+open(report + ".ncu-rep", "w").close()
+sys.exit(rc)
+'''
+
+
+def test_microbench_ncu_flow_with_fake_ncu(tmp_path, monkeypatch):
+    """--ncu end to end with a fake ncu: child command lines, CSV export, parsing, and the
+    profiled child's counters attached to the mode."""
+    import sys
+    from models_util import tiny_model
+    from tools.profiling import run_nwor_microbench as mb
+    fake = tmp_path / "ncu"
+    log = tmp_path / "calls.log"
+    fake.write_text(FAKE_NCU.format(python=sys.executable, data=DATA, log=str(log)))
+    fake.chmod(0o755)
+    monkeypatch.setattr(mb, "ncu_preflight",
+                        lambda args, models: (str(fake), "fake", ["steps", "kernels"]))
+    out = tmp_path / "mb.json"
+    rc = mb.main(["--target-model", tiny_model("llama"), "--scenario", "synthetic",
+                  "--requests", "2", "--batches", "1", "--warmup", "0", "--draft-tokens", "3",
+                  "--max-tokens", "8", "--nwor-modes", "stage", "--scv-modes", "vectorized",
+                  "--cpu-threads", "1", "--ncu", "--output", str(out), "--no-progress"])
+    assert rc == 0
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2
+    assert "--replay-mode app-range" in calls[0] and "--nvtx-include step/" in calls[0]
+    assert "--replay-mode kernel" in calls[1] and "--ncu-child" in calls[1]
+    assert "--nwor-modes stage --scv-modes vectorized" in calls[1]
+    with open(out) as f:
+        doc = json.load(f)
+    e = doc["summary"]["per_mode"][0]
+    m = e["ncu_metrics"]
+    assert m["dram__bytes_write.sum"] == pytest.approx(118.25e6)
+    assert m["kernels"]["kv_write_kernels"]["commit_staged"]["l2_write_sectors"] == 7680
+    assert m["profiled"] == "measured batches only (cudaProfilerStart/Stop)"
+    run = m["profiled_run"]
+    assert run["spec_num_draft_tokens"] == e["spec_num_draft_tokens"]   # same workload
+    assert run["kv_bytes_written_model"]["cache_bytes"] == e["kv_bytes_written_model"][
+        "cache_bytes"]
+    assert os.path.exists(m["steps_csv"]) and os.path.exists(m["kernels_csv"])

@@ -146,7 +146,9 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
             if not math.isfinite(v):
                 return "-"
             a = abs(v)
-            return f"{v:.4g}" if (a and (a < 0.01 or a >= 1e5)) else f"{v:.3f}".rstrip("0").rstrip(".")
+            if a and (a < 0.01 or a >= 1e5):
+                return f"{v:.4g}"
+            return f"{v:.3f}".rstrip("0").rstrip(".")
         return str(v)
     cells = [[fmt(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]

@@ -102,8 +102,8 @@ def compare(base: dict, nwor: dict, base_label: str = "baseline",
                   f"  model, staging also reaches DRAM           {pred_total:+.3f} MB",
                   f"  baseline KV writes (model) / measured DRAM writes: "
                   f"{bmod['cache_bytes'] / MB:.3f} MB / "
-                  f"{'-' if a is None else f'{a / MB:.3f} MB'} (the rest: weights are read, not "
-                  "written; activations, logits, sampler and allocator traffic are)"]
+                  f"{'-' if a is None else f'{a / MB:.3f} MB'} (DRAM writes beyond the KV: "
+                  "activations, logits, sampler buffers; weights are only read)"]
     else:
         lines += ["", "Whole decode steps: not measured (steps pass missing or failed)"]
 

@@ -40,7 +40,7 @@ _WORKLOAD_FLAGS = ("scenario", "prompts_file", "requests", "batches", "warmup", 
                    "temperature", "max_tokens", "max_model_len", "spec_method", "target_model",
                    "draft_model", "tensor_parallel_size", "acceptance_rate", "load_format",
                    "dtype", "block_size", "max_num_seqs", "gpu_memory_utilization", "seed",
-                   "prompt_lookup_max", "prompt_lookup_min")
+                   "prompt_lookup_max", "prompt_lookup_min", "cpu_threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
