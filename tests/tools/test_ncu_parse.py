@@ -115,9 +115,11 @@ def test_ncu_commands():
     assert c[-2:] == app
     s = " ".join(c)
     for part in ("--target-processes all", "--replay-mode app-range", "--nvtx",
-                 "--nvtx-include step/", "--profile-from-start off",
+                 "--nvtx-include step/",
                  "dram__bytes_write.sum,dram__bytes_read.sum"):
         assert part in s
+    # ncu 2025.3 rejects --profile-from-start off with range replay (seen on the H100)
+    assert "--profile-from-start" not in s
     k = " ".join(ncu.kernels_cmd("ncu", "/tmp/r", app, launch_count=50))
     assert "--kernel-name regex:_write_kv|_commit_staged|paged_attention" in k
     assert "--launch-count 50" in k and "--replay-mode kernel" in k

@@ -82,7 +82,10 @@ def _common(ncu: str, report: str, metrics: Sequence[str], profile_from_start: b
 def steps_cmd(ncu: str, report: str, app: Sequence[str], nvtx_include: str = DEFAULT_NVTX_INCLUDE,
               metrics: Sequence[str] = ncu_parse.METRICS, profile_from_start: bool = False,
               launch_count: Optional[int] = None) -> list[str]:
-    cmd = _common(ncu, report, metrics, profile_from_start)
+    # ncu 2025.3 refuses --profile-from-start off with range replay ("not supported during
+    # range replay", seen on the H100): the NVTX filter alone selects the step ranges, so run
+    # the microbench with --warmup 0 when whole-step totals must match the measured steps.
+    cmd = _common(ncu, report, metrics, profile_from_start=True)
     cmd += ["--replay-mode", "app-range", "--nvtx", "--nvtx-include", nvtx_include]
     if launch_count:
         cmd += ["--launch-count", str(launch_count)]

@@ -141,6 +141,10 @@ def parse_csv(text: str) -> NcuTable:
             try:
                 v = parse_number(r[i])
             except NcuParseError as e:
+                if name not in METRICS:
+                    # real ncu output carries text-valued device attributes
+                    # (device__attribute_display_name, ..._confidential_computing_mode: 'No-CC')
+                    continue
                 raise NcuParseError(f"result {r[0]!r}, column {name!r}: {e}") from None
             metrics[name] = None if v is None else v * scales[name][0]
         process = r[pname_col].strip() if pname_col is not None else ""
