@@ -8,6 +8,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 KIND=$1
 R=$PWD/gpu_results/ncu_$KIND; mkdir -p "$R"
+trap 'find "$R" -name "*.ncu-rep" -delete; tar czf "$OUT/ncu_$KIND.tar.gz" -C gpu_results "ncu_$KIND"' EXIT
 if [ "$KIND" = llama8b ]; then
   export TARGET_MODEL=$(python3 -c "import sys; sys.path.insert(0,'tools/benchmarks'); from common import llama3_8b_folder; print(llama3_8b_folder('/tmp'))")
   WORK="--scenario synthetic --requests 8 --load-format dummy --dtype bfloat16 --acceptance-rate 0.6"
@@ -20,12 +21,11 @@ else
 fi
 for mode in off stage; do
   # shellcheck disable=SC2086
-  timeout 140 python3 tools/profiling/run_nwor_microbench.py $WORK --batches 1 --warmup 0 \
+  timeout ${MODE_TIMEOUT:-195} python3 tools/profiling/run_nwor_microbench.py $WORK --batches 1 --warmup 0 \
     --draft-tokens 4 --max-tokens 12 --max-model-len 1024 --temperature 0.0 \
     --nwor-modes $mode --scv-modes vectorized --ncu --ncu-passes steps,kernels \
-    --ncu-launch-count 400 --ncu-timeout 130 --output "$R/${KIND}_${mode}.json" 2>&1 \
+    --ncu-kernel-regex '_write_kv|_commit_staged' --ncu-launch-count 600 --ncu-timeout ${NCU_TIMEOUT:-95} --output "$R/${KIND}_${mode}.json" 2>&1 \
     | grep -v "^INFO\|microbench:" | tail -6
 done
 python3 tools/profiling/ncu_stats.py "$R/${KIND}_off.json" "$R/${KIND}_stage.json" --output "$R/${KIND}_stats.txt" 2>&1 | tail -40
-find "$R" -name "*.ncu-rep" -delete
-tar czf "$OUT/ncu_$KIND.tar.gz" -C gpu_results "ncu_$KIND"
+
