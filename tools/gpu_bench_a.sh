@@ -3,11 +3,9 @@
 # benchmark, host profile. Each step is time-boxed; whatever finished lands in $OUT/a.tar.gz
 # (an EXIT trap packs it even when a step times out).
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+. tools/device_common.sh
 R=$PWD/gpu_results/a; mkdir -p "$R"
 trap 'tar czf "$OUT/a.tar.gz" -C gpu_results a' EXIT
-step() { local t=$1; shift; echo "== $(date +%T) $*"; timeout "$t" "$@"; echo "== rc=$?"; }
 nvidia-smi > "$R/nvidia_smi.txt"
 step 170 python3 -m pytest -q -m cuda -p no:cacheprovider -rf tests/kernels tests/v1 > "$R/pytest_cuda.txt" 2>&1; tail -6 "$R/pytest_cuda.txt"
 step 150 python3 tools/benchmarks/bench_nwor.py --models llama3-8b-dummy --max-tokens 48 --output "$R/bench_nwor_llama8b.json" > "$R/bench_nwor_llama8b.log" 2>&1; grep -iE "^(llama)|error" "$R/bench_nwor_llama8b.log" | tail -20

@@ -3,7 +3,7 @@
 # shapes (NWOR off vs stage), then the NWOR latency benchmark on them (warm-up on the same
 # workload, two timed repeats). Results in $OUT/ncu_llama8b.tar.gz and $OUT/d.tar.gz.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
+. tools/device_common.sh
 R=$PWD/gpu_results/d; mkdir -p "$R"
 trap 'tar czf "$OUT/d.tar.gz" -C gpu_results d' EXIT
 timeout 400 bash tools/gpu_ncu.sh llama8b

@@ -3,11 +3,9 @@
 # test on the default model at batch 128, Nsight Compute on SmolLM2 (off vs stage), NWOR latency
 # benchmark on SmolLM2. Results in $OUT/e.tar.gz and $OUT/ncu_smollm2.tar.gz.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-G=.gguf/smol.gguf
-[ -f "$G" ] || cat .gguf/smol.part00 .gguf/smol.part01 > "$G"
-echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $G" | sha256sum -c - || exit 3
+. tools/device_common.sh
+join_gguf
+G=$SMOL_GGUF
 R=$PWD/gpu_results/e; mkdir -p "$R"
 trap 'tar czf "$OUT/e.tar.gz" -C gpu_results e' EXIT
 echo "== $(date +%T) lossless"

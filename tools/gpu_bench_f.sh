@@ -4,11 +4,9 @@
 # SmolLM2 (NWOR off vs stage, whole steps + KV-write kernels). Results in $OUT/f.tar.gz and
 # $OUT/ncu_smollm2.tar.gz.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-G=.gguf/smol.gguf
-[ -f "$G" ] || cat .gguf/smol.part00 .gguf/smol.part01 > "$G"
-echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $G" | sha256sum -c - || exit 3
+. tools/device_common.sh
+join_gguf
+G=$SMOL_GGUF
 R=$PWD/gpu_results/f; mkdir -p "$R"
 trap 'tar czf "$OUT/f.tar.gz" -C gpu_results f' EXIT
 echo "== $(date +%T) lossless fp32"

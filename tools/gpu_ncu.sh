@@ -4,8 +4,7 @@
 #   bash tools/gpu_ncu.sh llama8b   # Llama-3-8B shapes, dummy weights, controlled acceptance
 #   bash tools/gpu_ncu.sh smollm2   # the default model (needs .gguf/smol.gguf or its halves)
 set -uo pipefail
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+. tools/device_common.sh
 KIND=$1
 R=$PWD/gpu_results/ncu_$KIND; mkdir -p "$R"
 trap 'find "$R" -name "*.ncu-rep" -delete; tar czf "$OUT/ncu_$KIND.tar.gz" -C gpu_results "ncu_$KIND"' EXIT
@@ -13,10 +12,8 @@ if [ "$KIND" = llama8b ]; then
   export TARGET_MODEL=$(python3 -c "import sys; sys.path.insert(0,'tools/benchmarks'); from common import llama3_8b_folder; print(llama3_8b_folder('/tmp'))")
   WORK="--scenario synthetic --requests 8 --load-format dummy --dtype bfloat16 --acceptance-rate 0.6"
 else
-  G=.gguf/smol.gguf
-  [ -f "$G" ] || cat .gguf/smol.part00 .gguf/smol.part01 > "$G"
-  echo "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  $G" | sha256sum -c - || exit 3
-  export TARGET_MODEL=$PWD/$G
+  join_gguf
+  export TARGET_MODEL=$PWD/$SMOL_GGUF
   WORK="--scenario medium --requests 8"
 fi
 for mode in off stage; do

@@ -14,14 +14,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+from bench_nwor import CODE_PROMPT as CODE  # noqa: E402
 from common import run_meta, write_json  # noqa: E402
 
 from vllm import LLM, SamplingParams  # noqa: E402
 
-CODE = ("def bubble_sort(items):\n    n = len(items)\n    for i in range(n):\n"
-        "        for j in range(0, n - i - 1):\n            if items[j] > items[j + 1]:\n"
-        "                items[j], items[j + 1] = items[j + 1], items[j]\n"
-        "    return items\n\n# The same function with comments:\ndef bubble_sort(items):\n")
 CHAT = "Explain in two sentences why the sky is blue."
 
 
