@@ -178,9 +178,9 @@ def main():
                       f"{min(per_round):.3f}..{max(per_round):.3f}), cache writes -"
                       f"{100 * ratio['cache_write_reduction_model']:.1f}% (model)")
                 write_json(args.output, res)
-            for llm in engines.values():
-                llm.shutdown()
-            del engines
+            for mode in modes:
+                engines[mode].shutdown()
+            del engines          # no other name may keep an engine (its KV cache) alive
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
