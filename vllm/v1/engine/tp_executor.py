@@ -12,11 +12,18 @@ from dataclasses import replace
 
 import torch
 
+from vllm import envs
 from vllm.config import VllmConfig
 from vllm.distributed.parallel_state import destroy_tensor_parallel, init_tensor_parallel
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
+
+# NVLink multicast (NVLS) off unless the user says otherwise: on shared multi-GPU hosts a program
+# that uses it can take the host's GPUs out of service. Set before any rank starts, so the
+# spawned workers inherit it.
+NVLS_OFF_DEFAULTS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                     "NVSHMEM_DISABLE_NVLS": "1"}
 
 
 def _free_port() -> int:
@@ -64,6 +71,9 @@ class MultiprocTPExecutor:
         if torch.device(config.device).type == "cuda" and torch.cuda.device_count() < world:
             raise ValueError(f"tensor_parallel_size={world} but only "
                              f"{torch.cuda.device_count()} GPUs are visible")
+        if torch.device(config.device).type == "cuda":
+            for name, value in NVLS_OFF_DEFAULTS.items():
+                envs.set_default(name, value)
         init_method = f"tcp://127.0.0.1:{_free_port()}"
         ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []
