@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device call D (no GGUF; carry .gguf/smol.part00 along for call E): Nsight Compute on Llama-3-8B
-# shapes (NWOR off vs stage), then the NWOR latency benchmark on them (warm-up on the same
-# workload, two timed repeats). Results in $OUT/ncu_llama8b.tar.gz and $OUT/d.tar.gz.
+# shapes (NWOR off vs stage), then the NWOR latency benchmark on them (both engines in one
+# process, warmed up on the same workload, off/stage in alternating rounds). Results in $OUT/ncu_llama8b.tar.gz and $OUT/d.tar.gz.
 set -uo pipefail
 . tools/device_common.sh
 R=$PWD/gpu_results/d; mkdir -p "$R"

@@ -61,9 +61,11 @@ class IncrementalDetokenizer:
         return s
 
     def flush(self) -> None:
-        if self._tail_ids and self.tokenizer is not None and not self.stop:
-            self._advance()
-        if self._tail_ids and self.tokenizer is not None:
+        if not self._tail_ids or self.tokenizer is None:
+            return
+        if not self.stop:
+            self._advance()            # lazy mode: settle what decodes cleanly first
+        if self._tail_ids:             # a trailing partial character: take it as it decodes
             self._text += self.tokenizer.decode(self._tail_ids,
                                                 skip_special_tokens=self.skip_special)
             self._tail_ids = []

@@ -68,10 +68,11 @@ def _worker_main(config: VllmConfig, rank: int, world: int, init_method: str, co
 class MultiprocTPExecutor:
     def __init__(self, config: VllmConfig):
         world = config.parallel_config.tensor_parallel_size
-        if torch.device(config.device).type == "cuda" and torch.cuda.device_count() < world:
+        on_cuda = torch.device(config.device).type == "cuda"
+        if on_cuda and torch.cuda.device_count() < world:
             raise ValueError(f"tensor_parallel_size={world} but only "
                              f"{torch.cuda.device_count()} GPUs are visible")
-        if torch.device(config.device).type == "cuda":
+        if on_cuda:
             for name, value in NVLS_OFF_DEFAULTS.items():
                 envs.set_default(name, value)
         init_method = f"tcp://127.0.0.1:{_free_port()}"
