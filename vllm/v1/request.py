@@ -37,6 +37,9 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
     spec_token_ids: list[int] = field(default_factory=list)   # drafts for the next step
+    # Sampling steps scheduled whose token the host has not applied yet (asynchronous
+    # scheduling keeps up to two: one running on the GPU, one being scheduled).
+    num_inflight: int = 0
     stop_reason: Optional[object] = None
     num_preemptions: int = 0
     num_cached_tokens: int = 0

@@ -9,7 +9,8 @@ from typing import Iterable, Optional
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
 from vllm.v1.core.kv_cache_manager import KVCacheManager
-from vllm.v1.core.sched_output import RunnerOutput, ScheduledReq, SchedulerOutput
+from vllm.v1.core.sched_output import (UNKNOWN_TOKEN_ID, RunnerOutput, ScheduledReq,
+                                      SchedulerOutput)
 from vllm.v1.request import Request, RequestStatus
 
 logger = init_logger(__name__)
@@ -80,17 +81,31 @@ class Scheduler:
     def _entry(self, req: Request, num_new: int, num_spec: int) -> ScheduledReq:
         start = req.num_computed_tokens
         n_plain = num_new - num_spec
-        toks = req.all_token_ids[start:start + n_plain] + req.spec_token_ids[:num_spec]
+        known = req.all_token_ids[start:start + n_plain]
+        # Tokens still being sampled on the device (asynchronous scheduling): the runner fills
+        # them from the previous step's output, on the device.
+        toks = known + [UNKNOWN_TOKEN_ID] * (n_plain - len(known)) + req.spec_token_ids[:num_spec]
         p = req.sampling_params
-        pen = (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-               or p.repetition_penalty != 1.0)
+        pen = p.has_penalties
         return ScheduledReq(
             req_id=req.request_id, token_ids=toks, num_spec=num_spec, start_pos=start,
-            block_ids=list(req.block_ids), sample=start + n_plain >= req.num_tokens,
+            block_ids=list(req.block_ids),
+            sample=start + n_plain >= req.num_tokens + req.num_inflight,
             params=p, prompt_len=req.num_prompt_tokens,
             output_token_ids=list(req.output_token_ids) if pen else None,
             prompt_token_ids=list(req.prompt_token_ids) if pen else None,
-            num_output_tokens=req.num_output_tokens, eos_token_id=req.eos_token_id)
+            num_output_tokens=req.num_output_tokens + req.num_inflight,
+            eos_token_id=req.eos_token_id)
+
+    def _will_finish(self, req: Request) -> bool:
+        """True when a token already in flight ends the request by length: scheduling it again
+        would only compute a token that is thrown away."""
+        n = req.num_inflight
+        if not n:
+            return False
+        p = req.sampling_params
+        return ((p.max_tokens is not None and req.num_output_tokens + n >= p.max_tokens)
+                or req.num_tokens + n >= self.max_model_len)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(finished_req_ids=self._finished_ids)
@@ -102,10 +117,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n_plain = req.num_tokens - req.num_computed_tokens
-            n_plain = min(n_plain, budget)
-            n_spec = len(req.spec_token_ids) if n_plain == req.num_tokens - \
-                req.num_computed_tokens else 0
+            if self._will_finish(req):
+                i += 1
+                continue
+            pending = req.num_tokens + req.num_inflight - req.num_computed_tokens
+            n_plain = min(pending, budget)
+            n_spec = len(req.spec_token_ids) if n_plain == pending else 0
             n_spec = min(n_spec, budget - n_plain)
             num_new = n_plain + n_spec
             if num_new <= 0:
@@ -129,6 +146,8 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs \
                 and out.num_preempted == 0:
             req = self.waiting[0]
+            if req.num_inflight:
+                break   # preempted while its last step ran: resume once its token is known
             if req.num_computed_tokens == 0 and not req.block_ids:
                 cached = self.kv.get_computed_blocks(req)
                 req.num_computed_tokens = cached
@@ -152,24 +171,34 @@ class Scheduler:
             budget -= num_new
 
         for req, num_new, n_spec in scheduled:
-            out.reqs.append(self._entry(req, num_new, n_spec))
+            entry = self._entry(req, num_new, n_spec)
+            out.reqs.append(entry)
             req.num_computed_tokens += num_new
+            req.num_inflight += entry.sample
             out.num_tokens += num_new
         return out
 
     # ------------------------------------------------------------------ results
     def update_from_output(self, so: SchedulerOutput, ro: RunnerOutput) -> list[tuple[Request, int]]:
-        """Apply sampled tokens; returns (request, number of new tokens) for each that got some."""
+        """Apply sampled tokens; returns (request, number of new tokens) for each that got some.
+
+        With asynchronous scheduling the next step was scheduled before this one's tokens were
+        known: a request that finishes here may already sit in that step (its extra token is
+        dropped when that step's output arrives: the request is gone by then), and one that was
+        preempted meanwhile still receives the token it sampled here."""
         now = time.monotonic()
         touched: list[tuple[Request, int]] = []
         by_id = {rid: i for i, rid in enumerate(ro.req_ids)}
         for sr in so.reqs:
             req = self.requests.get(sr.req_id)
-            if req is None or req.status != RequestStatus.RUNNING:
-                continue   # aborted while the step ran
+            if req is None or req.finished:
+                continue   # finished or aborted while the step ran
+            if sr.sample:
+                req.num_inflight = max(req.num_inflight - 1, 0)
+            running = req.status == RequestStatus.RUNNING
             idx = by_id.get(sr.req_id)
             toks = ro.sampled_token_ids[idx] if idx is not None else []
-            if sr.num_spec:
+            if sr.num_spec and running:
                 # Rewind: only the accepted drafts' K/V count as computed.
                 rejected = sr.num_spec - (len(toks) - 1)
                 req.num_computed_tokens -= rejected
@@ -189,10 +218,14 @@ class Scheduler:
             if req.first_token_time is None:
                 req.first_token_time = now
             req.last_token_time = now
-            self.kv.cache_committed_blocks(req)
+            if running:
+                self.kv.cache_committed_blocks(req)
             touched.append((req, n_added))
             if req.finished:
-                self.running.remove(req)
+                if running:
+                    self.running.remove(req)
+                else:
+                    self.waiting.remove(req)
                 self._free(req)
         return touched
 

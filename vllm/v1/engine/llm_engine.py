@@ -11,7 +11,7 @@ from typing import Optional, Union
 from vllm import envs
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import EngineArgs
-from vllm.logger import init_logger
+from vllm.logger import init_logger, log_once
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import SamplingParams
 from vllm.v1.core.scheduler import Scheduler
@@ -69,6 +69,26 @@ class LLMEngine:
         self._ids = itertools.count()
         self._last_log = time.monotonic()
         self._log_interval = envs.get("VLLM_LOG_STATS_INTERVAL")
+        self.async_scheduling = self._resolve_async()
+        # (scheduler output, pending runner output) of the step launched but not yet applied.
+        self._inflight: Optional[tuple] = None
+
+    def _resolve_async(self) -> bool:
+        cfg = self.config
+        if not cfg.scheduler_config.async_scheduling:
+            return False
+        why = None
+        if cfg.speculative_config is not None:
+            why = ("speculative decoding: the proposer drafts from the previous step's tokens "
+                   "on the host")
+        elif not getattr(self.executor, "supports_async", False):
+            why = "tensor parallelism: the workers receive host token ids every step"
+        if why is not None:
+            log_once(logger, logging.INFO, "async-sched-off",
+                     "Asynchronous scheduling falls back to synchronous steps (%s)", why)
+            return False
+        logger.info("Asynchronous scheduling on: step n+1 is scheduled while step n runs")
+        return True
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
@@ -160,7 +180,38 @@ class LLMEngine:
     # ------------------------------------------------------------------ the step
     def step(self, stream: bool = False) -> list[RequestOutput]:
         """One engine step. Returns outputs of finished requests, or (stream=True) of every
-        request that got new tokens (deltas are computed by the caller from text lengths)."""
+        request that got new tokens (deltas are computed by the caller from text lengths).
+
+        Asynchronous scheduling: this step is scheduled and launched before the previous
+        step's tokens are applied, so the host's scheduling, input preparation, detokenization
+        and output processing overlap the GPU's work; outputs come one step later."""
+        if not self.async_scheduling:
+            return self._step_sync(stream)
+        so = self.scheduler.schedule()
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        prev, self._inflight = self._inflight, None
+        if so.reqs or so.finished_req_ids:
+            self._inflight = (so, self.executor.execute_model_async(so))
+        outs = self._apply(prev, stream) if prev is not None else []
+        if self._inflight is not None and _needs_host_history(self._inflight[0]):
+            # Penalties read every earlier token, logprobs are computed from the host's
+            # tokens: apply this step now, so the next one is scheduled with all tokens known.
+            log_once(logger, logging.INFO, "async-sched-sync-step",
+                     "Asynchronous scheduling runs steps with penalties or logprobs "
+                     "synchronously")
+            outs += self._apply(self._inflight, stream)
+            self._inflight = None
+        self.stats.num_steps += 1
+        self._refresh_gauges()
+        self._maybe_log()
+        return outs
+
+    def _apply(self, launched: tuple, stream: bool) -> list[RequestOutput]:
+        so, pending = launched
+        touched = self.scheduler.update_from_output(so, pending.result())
+        return self._process(touched, stream)
+
+    def _step_sync(self, stream: bool) -> list[RequestOutput]:
         sched = self.scheduler
         so = sched.schedule()
         self.stats.num_preemptions = sched.num_preemptions
@@ -275,3 +326,7 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self.executor.shutdown()
+
+
+def _needs_host_history(so) -> bool:
+    return any(r.params.has_penalties or r.params.logprobs is not None for r in so.reqs)

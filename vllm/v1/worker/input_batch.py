@@ -26,6 +26,10 @@ class StepInputs:
     req_first_row: list[int]        # per request: its first row in the logits matrix (-1: none)
     spec: SpecDecodeMetadata | None
     hidden_rows_per_req: list[tuple[int, int]]  # token row range of each request
+    # Tokens sampled by the previous launch, unknown to the host (asynchronous scheduling):
+    # their rows in input_ids [U] and the index of the request each belongs to [U].
+    unknown_rows: np.ndarray | None = None
+    unknown_reqs: np.ndarray | None = None
 
 
 class InputBuffers:
@@ -103,6 +107,11 @@ class InputBuffers:
         offs = np.arange(T, dtype=np.int64) - np.repeat(qsl[:-1].astype(np.int64), counts)
         positions = np.repeat(starts, counts) + offs
         ids = np.fromiter((t for r in reqs for t in r.token_ids), dtype=np.int64, count=T)
+        unknown_rows = unknown_reqs = None
+        if ids.min() < 0:
+            unknown_rows = np.flatnonzero(ids < 0)
+            unknown_reqs = req_of_tok[unknown_rows]
+            ids[unknown_rows] = 0     # overwritten on the device before the forward
 
         bt = self._bt_host[:max(R, 1)]
         for i, r in enumerate(reqs):
@@ -190,4 +199,5 @@ class InputBuffers:
             positions=self.positions[:Tp],
             logits_indices=torch.from_numpy(li).to(self.device, non_blocking=True),
             logits_indices_host=li, req_first_row=first_row, spec=spec,
-            hidden_rows_per_req=rows_per_req)
+            hidden_rows_per_req=rows_per_req, unknown_rows=unknown_rows,
+            unknown_reqs=unknown_reqs)
