@@ -154,7 +154,7 @@ def test_async_requires_no_extra_tokens_beyond_max_tokens():
 
 
 def test_per_step_state_stays_bounded():
-    """Hundreds of steps: no list or dict of the engine, scheduler, runner or stats grows with
+    """Thousands of steps: no list or dict of the engine, scheduler, runner or stats grows with
     the number of steps."""
     llm = _llm(True, max_num_seqs=8, num_gpu_blocks_override=96)
     eng = llm.llm_engine
@@ -183,9 +183,9 @@ def test_per_step_state_stays_bounded():
     run(range(1))          # 100 steps: every bounded buffer is full by now
     first = sizes()
     steps_first = eng.stats.num_steps
-    run(range(1, 8))
+    run(range(1, 21))
     second = sizes()
-    assert eng.stats.num_steps - steps_first >= 700
+    assert eng.stats.num_steps - steps_first >= 2000
     # Anything larger now than after the warm-up (beyond the pool's 96 blocks) grows per step.
     grown = {k: (first.get(k), v) for k, v in second.items() if v > max(first.get(k, 0), 96)}
     assert not grown, grown
