@@ -189,3 +189,30 @@ def test_per_step_state_stays_bounded():
     # Anything larger now than after the warm-up (beyond the pool's 96 blocks) grows per step.
     grown = {k: (first.get(k), v) for k, v in second.items() if v > max(first.get(k, 0), 96)}
     assert not grown, grown
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("enforce_eager", [False, True])
+def test_async_steady_state_makes_no_synchronizing_cuda_call(enforce_eager):
+    """In the steady state of asynchronous decoding the host never blocks on the GPU: any
+    synchronizing CUDA call (a .tolist() of a device tensor, a blocking copy) raises."""
+    llm = _llm(True, "cuda", enforce_eager=enforce_eager, max_num_seqs=32)
+    eng = llm.llm_engine
+    prompts = _prompts(24, 4, 30, seed=8)
+    for i, p in enumerate(prompts):
+        sp = (SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True) if i % 2 else
+              SamplingParams(temperature=0.9, top_k=30, top_p=0.9, seed=i, max_tokens=40,
+                             ignore_eos=True))
+        eng.add_request(str(i), {"prompt_token_ids": p}, sp)
+    for _ in range(4):           # prefill, then decode steps with every pinned buffer warm
+        eng.step()
+    done = []
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(30):
+            done += eng.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    while eng.has_unfinished_requests():
+        done += eng.step()
+    assert len(done) == 24 and all(len(o.outputs[0].token_ids) == 40 for o in done)

@@ -46,6 +46,8 @@ class GPUModelRunner:
         self.proposer = build_proposer(config, self)
         self.kv_cache: Optional[torch.Tensor] = None
         self.graphs = CudaGraphRunner([])
+        # Decode batches of greedy requests: forward, LM head and argmax in one graph.
+        self.greedy_graphs = CudaGraphRunner([])
         self.spec_step = None   # SpecDecodeStep when speculative decoding is on
         # Host time of each step launch; bounded, a server runs for ever.
         self.step_times: deque[float] = deque(maxlen=64)
@@ -96,6 +98,11 @@ class GPUModelRunner:
             self.graphs = CudaGraphRunner(default_capture_sizes(
                 min(self.max_tokens, 512)))
             self.graphs.capture(self._graph_forward)
+            if self.graphs.enabled and self.spec_step is None:
+                self.greedy_graphs = CudaGraphRunner(default_capture_sizes(
+                    min(self.max_tokens, 512, sc.max_num_seqs)), pool=self.graphs.pool,
+                    name="greedy decode")
+                self.greedy_graphs.capture(self._graph_forward_greedy)
 
     @property
     def staging(self) -> Optional[torch.Tensor]:
@@ -105,6 +112,11 @@ class GPUModelRunner:
         md = self.buffers.attn_view(T, with_stage=self.staging is not None)
         with set_forward_context(ForwardContext(md, self.kv_cache, self.staging)):
             return self.model(self.buffers.input_ids[:T], self.buffers.positions[:T])
+
+    def _graph_forward_greedy(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """T decode tokens, one per request: hidden [T, H] and the argmax token of each [T]."""
+        hidden = self._graph_forward(T)
+        return hidden, self.model.compute_logits(hidden).argmax(dim=-1)
 
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
@@ -140,6 +152,10 @@ class GPUModelRunner:
                                    keep_stage_index=self.staging is not None)
         if inp.unknown_rows is not None:
             self._fill_unknown_tokens(reqs, inp)
+        Tg = self.greedy_graphs.padded_size(T) if T == len(reqs) else None
+        if Tg is not None and Tg == Tp and all(r.sample and not r.num_spec and _plain_greedy(r)
+                                  and r.params.logprobs is None for r in reqs):
+            return self._launch_greedy_decode(so, inp, Tg)
         with nvtx_range("forward"):
             if Tp is not None:
                 hidden = self.graphs.replay(Tp)[:T]
@@ -174,6 +190,21 @@ class GPUModelRunner:
         if inp.spec is not None:
             md = self._sampling_metadata([reqs[i] for i in inp.spec.req_indices])
             spec_out = spec.verify_and_commit(inp.spec, logits, md, self.kv_cache, staged)
+        return self._pending(so, inp, logits, plain, plain_tokens, spec_out, staged)
+
+    def _launch_greedy_decode(self, so, inp, Tg: int) -> "PendingOutput":
+        """Every request decodes one greedy token: a single graph replay yields the tokens."""
+        T = len(so.reqs)
+        with nvtx_range("forward"):
+            hidden, tokens = self.greedy_graphs.replay(Tg)
+        if getattr(self.proposer, "needs_hidden", False):
+            self.proposer.observe(so, hidden[:T], inp.hidden_rows_per_req)
+        tokens = tokens[:T]
+        self._last_tokens = tokens
+        self._last_rows = {r.req_id: j for j, r in enumerate(so.reqs)}
+        return self._pending(so, inp, None, list(range(T)), tokens, None, False)
+
+    def _pending(self, so, inp, logits, plain, plain_tokens, spec_out, staged) -> "PendingOutput":
         host_tokens, done = None, None
         if plain_tokens is not None and self.device.type == "cuda":
             # Start the copy now; result() only waits for it (pinned, so truly asynchronous).
@@ -209,7 +240,10 @@ class GPUModelRunner:
         sampled: list[list[int]] = [[] for _ in reqs]
         if p.plain_tokens is not None:
             if p.done is not None:
-                p.done.synchronize()
+                # Poll rather than block in the driver: the GIL goes to other threads (the
+                # server's event loop) meanwhile, and no synchronizing CUDA call is made.
+                while not p.done.query():
+                    time.sleep(0)
                 toks = p.host_tokens.tolist()
             else:
                 toks = p.plain_tokens.tolist()

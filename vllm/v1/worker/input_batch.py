@@ -197,7 +197,8 @@ class InputBuffers:
         return StepInputs(
             num_tokens=T, num_reqs=R, attn=attn, input_ids=self.input_ids[:Tp],
             positions=self.positions[:Tp],
-            logits_indices=torch.from_numpy(li).to(self.device, non_blocking=True),
+            logits_indices=(torch.from_numpy(li).pin_memory() if self._cuda else
+                            torch.from_numpy(li)).to(self.device, non_blocking=True),
             logits_indices_host=li, req_first_row=first_row, spec=spec,
             hidden_rows_per_req=rows_per_req, unknown_rows=unknown_rows,
             unknown_reqs=unknown_reqs)
