@@ -100,13 +100,13 @@ def copy_bandwidth() -> float:
 
 
 def part_a(model: str, batches: list[int], max_tokens: int, prompt_len: int,
-           max_model_len: int) -> list[dict]:
+           max_model_len: int, load_format: str = "auto") -> list[dict]:
     out = []
     for graphs in (True, False):
         for asy in (False, True):       # sync vs async side by side, same run
             llm = LLM(model, enforce_eager=not graphs, max_model_len=max_model_len,
                       max_num_seqs=max(batches), gpu_memory_utilization=0.5,
-                      async_scheduling=asy)
+                      async_scheduling=asy, load_format=load_format)
             for b in batches:
                 r = run_engine(llm, b, prompt_len, max_tokens)
                 r["cuda_graphs"] = graphs
@@ -196,6 +196,8 @@ def main() -> None:
     ap.add_argument("--hf-batches", default="1,32")
     ap.add_argument("--parts", default="a,b,c")
     ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--load-format", default="auto",
+                    help="part a: 'dummy' runs a config folder's shapes with random weights")
     ap.add_argument("--output", default="sweeps/bench_decode.json")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -204,7 +206,8 @@ def main() -> None:
     res["copy_bandwidth_bytes_per_s"] = bw
     if "a" in parts:
         res["smollm2"] = part_a(args.model, [int(x) for x in args.batches.split(",")],
-                                args.max_tokens, args.prompt_len, args.max_model_len)
+                                args.max_tokens, args.prompt_len, args.max_model_len,
+                                args.load_format)
         write_json(args.output, res)
     if "b" in parts:
         res["llama3_8b_dummy"] = part_b([int(x) for x in args.llama_batches.split(",")],
