@@ -89,7 +89,9 @@ class Scheduler:
         pen = p.has_penalties
         return ScheduledReq(
             req_id=req.request_id, token_ids=toks, num_spec=num_spec, start_pos=start,
-            block_ids=list(req.block_ids),
+            # Not copied: the runner reads it while preparing this step's inputs, before the
+            # scheduler changes it again (TP workers get a pickled copy anyway).
+            block_ids=req.block_ids,
             sample=start + n_plain >= req.num_tokens + req.num_inflight,
             params=p, prompt_len=req.num_prompt_tokens,
             output_token_ids=list(req.output_token_ids) if pen else None,
@@ -117,7 +119,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            if self._will_finish(req):
+            if req.num_inflight and self._will_finish(req):
                 i += 1
                 continue
             pending = req.num_tokens + req.num_inflight - req.num_computed_tokens
@@ -188,15 +190,17 @@ class Scheduler:
         preempted meanwhile still receives the token it sampled here."""
         now = time.monotonic()
         touched: list[tuple[Request, int]] = []
-        by_id = {rid: i for i, rid in enumerate(ro.req_ids)}
-        for sr in so.reqs:
+        # The runner answers in the order it was given: then no lookup table is needed.
+        by_id = None if ro.req_ids == [r.req_id for r in so.reqs] else \
+            {rid: i for i, rid in enumerate(ro.req_ids)}
+        for pos, sr in enumerate(so.reqs):
             req = self.requests.get(sr.req_id)
             if req is None or req.finished:
                 continue   # finished or aborted while the step ran
             if sr.sample:
                 req.num_inflight = max(req.num_inflight - 1, 0)
             running = req.status == RequestStatus.RUNNING
-            idx = by_id.get(sr.req_id)
+            idx = pos if by_id is None else by_id.get(sr.req_id)
             toks = ro.sampled_token_ids[idx] if idx is not None else []
             if sr.num_spec and running:
                 # Rewind: only the accepted drafts' K/V count as computed.
