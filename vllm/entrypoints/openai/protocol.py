@@ -52,8 +52,20 @@ def error_body(message: str, status: int = 400, param: Optional[str] = None,
                type: Optional[str] = None, code: Union[int, str, None] = None) -> dict:
     """OpenAI's error object; ``code`` is the HTTP status unless a specific one (as OpenAI's
     "model_not_found") is given."""
-    return {"error": {"message": message, "type": type or _ERROR_TYPES.get(status, "Error"),
-                      "param": param, "code": status if code is None else code}}
+    return {"error": {"message": _printable(message),
+                      "type": type or _ERROR_TYPES.get(status, "Error"),
+                      "param": None if param is None else _printable(param),
+                      "code": status if code is None else code}}
+
+
+def _printable(s: str) -> str:
+    """Text that can be encoded as UTF-8: an error about a lone surrogate must not carry it
+    (the response itself would fail to encode)."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad_request(message: str, param: Optional[str] = None) -> OpenAIError:
@@ -258,7 +270,7 @@ def check_json_tree(obj: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
         elif isinstance(v, dict):
             for k, x in v.items():
                 name = k if top is None else top
-                _check_text(k, name)
+                _check_text(k, name if top is not None else None)
                 stack.append((x, depth + 1, name))
         elif isinstance(v, list):
             stack.extend((x, depth + 1, top) for x in v)
