@@ -146,3 +146,17 @@ def test_aborting_many_waiting_requests_is_not_quadratic(llm):
     elapsed = time.monotonic() - t0
     assert not eng.scheduler.waiting and not eng.has_unfinished_requests()
     assert elapsed < 2.0, elapsed
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(top_k=2 ** 63), "top_k"), (dict(top_k=300), "top_k"),
+    (dict(n=2, seed=2 ** 64 - 1), "seed"),
+    (dict(min_tokens=2, stop_token_ids=[99999]), "stop_token_ids"),
+    (dict(repetition_penalty=1e-40), "repetition_penalty")])
+def test_crashing_params_never_reach_the_step(llm, kwargs, field):
+    """The issue's three step-crashing requests (and the NaN penalty) are refused up front,
+    by SamplingParams or by add_request (vocabulary-dependent bounds), naming the field."""
+    with pytest.raises(ValueError, match=field):
+        llm.generate([{"prompt_token_ids": [3, 4]}],
+                     SamplingParams(temperature=1.0, max_tokens=4, **kwargs), use_tqdm=False)
+    assert not llm.llm_engine.has_unfinished_requests()
