@@ -107,6 +107,16 @@ async def _json_body(request: Request, max_bytes: int = DEFAULT_MAX_BODY_BYTES):
     raw = b"".join(chunks)
     if not raw:
         raise bad_request("the request body is empty; expected a JSON object")
+    if len(raw) <= INLINE_PARSE_BYTES:
+        return _parse_json(raw)
+    # A large body is parsed in a worker thread: the event loop keeps serving meanwhile.
+    return await asyncio.get_running_loop().run_in_executor(None, _parse_json, raw)
+
+
+INLINE_PARSE_BYTES = 256 << 10
+
+
+def _parse_json(raw: bytes):
     try:
         body = json.loads(raw)
     except RecursionError:
