@@ -23,7 +23,9 @@ class RequestStatus(enum.Enum):
                         RequestStatus.FINISHED_ABORTED)
 
 
-@dataclass
+# eq=False: requests compare by identity. Field-wise __eq__ made every deque.remove() compare
+# token lists, and removing many waiting requests quadratic.
+@dataclass(eq=False)
 class Request:
     request_id: str
     prompt_token_ids: list[int]

@@ -16,6 +16,14 @@ from vllm.v1.request import Request, RequestStatus
 logger = init_logger(__name__)
 
 
+class RequestsUnschedulable(RuntimeError):
+    """schedule() found requests that can never run; they are already finished (aborted)."""
+
+    def __init__(self, request_ids: list[str], message: str):
+        super().__init__(message)
+        self.request_ids = list(request_ids)
+
+
 class Scheduler:
     def __init__(self, config: VllmConfig, num_blocks: int):
         sc = config.scheduler_config
@@ -41,19 +49,19 @@ class Scheduler:
         self.waiting.append(req)
 
     def finish_requests(self, req_ids: Iterable[str], status: RequestStatus) -> None:
+        # One pass over each queue whatever the number of ids (aborting thousands of waiting
+        # requests one remove() at a time was quadratic).
+        done: set[int] = set()
         for rid in req_ids:
             req = self.requests.get(rid)
-            if req is None or req.finished:
+            if req is None or req.finished or id(req) in done:
                 continue
-            if req.status == RequestStatus.RUNNING:
-                self.running.remove(req)
-            else:
-                try:
-                    self.waiting.remove(req)
-                except ValueError:
-                    pass
+            done.add(id(req))
             req.status = status
             self._free(req)
+        if done:
+            self.running[:] = [r for r in self.running if id(r) not in done]
+            self.waiting = deque(r for r in self.waiting if id(r) not in done)
 
     def _free(self, req: Request) -> None:
         self.kv.free(req)
@@ -77,6 +85,19 @@ class Scheduler:
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(req)
+
+    def requeue_running(self) -> None:
+        """Put every running request back at the head of the queue, blocks freed, to be
+        recomputed: after a failed step, whose scheduled tokens were counted as computed but
+        never produced."""
+        for req in reversed(self.running):
+            self.kv.free(req)
+            req.status = RequestStatus.PREEMPTED
+            req.num_computed_tokens = 0
+            req.spec_token_ids = []
+            req.num_preemptions += 1     # per-request runner state (drafters) starts over
+            self.waiting.appendleft(req)
+        self.running.clear()
 
     def _entry(self, req: Request, num_new: int, num_spec: int) -> ScheduledReq:
         start = req.num_computed_tokens
@@ -164,6 +185,8 @@ class Scheduler:
                 # stay cached and are found again on the next try.
                 self.kv.free(req)
                 req.num_computed_tokens = 0
+                if not self.running:
+                    self._fail_unadmittable(req, num_new, out)
                 break
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING
@@ -179,6 +202,19 @@ class Scheduler:
             req.num_inflight += entry.sample
             out.num_tokens += num_new
         return out
+
+    def _fail_unadmittable(self, req: Request, num_new: int, out: SchedulerOutput) -> None:
+        """Nothing runs and the head of the queue still does not fit: no block will ever be
+        freed for it (the pool is too small, or blocks leaked). Fail it instead of spinning."""
+        need = self.kv._cdiv(min(num_new + self.num_lookahead, self.max_model_len))
+        msg = (f"request {req.request_id} can never be scheduled: it needs {need} KV cache "
+               f"block(s) for its next {num_new} token(s), nothing else is running, and only "
+               f"{self.kv.pool.num_free} of {self.kv.pool.num_blocks} block(s) are free")
+        logger.error(msg)
+        # Give the step's finished ids back (the runner still has to drop their state).
+        self._finished_ids = out.finished_req_ids + self._finished_ids
+        self.finish_requests([req.request_id], RequestStatus.FINISHED_ABORTED)
+        raise RequestsUnschedulable([req.request_id], msg)
 
     # ------------------------------------------------------------------ results
     def update_from_output(self, so: SchedulerOutput, ro: RunnerOutput) -> list[tuple[Request, int]]:

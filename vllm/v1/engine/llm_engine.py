@@ -14,9 +14,10 @@ from vllm.engine.arg_utils import EngineArgs
 from vllm.logger import init_logger, log_once
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import SamplingParams
-from vllm.v1.core.scheduler import Scheduler
+from vllm.v1.core.scheduler import RequestsUnschedulable, Scheduler
 from vllm.v1.engine.detokenizer import IncrementalDetokenizer
 from vllm.v1.engine.executor import make_executor
+from vllm.v1.engine.fault_isolation import check_params_for_model, request_fault
 from vllm.v1.metrics import stats as stats_mod
 from vllm.v1.metrics.stats import EngineStats
 from vllm.v1.request import Request, RequestStatus
@@ -135,6 +136,7 @@ class LLMEngine:
         if len(ids) > self.max_model_len:
             raise ValueError(f"prompt is {len(ids)} tokens, longer than max_model_len="
                              f"{self.max_model_len}")
+        check_params_for_model(params, vocab)
         if request_id in self.parents:
             raise ValueError(f"request_id {request_id!r} is already in use")
         children = []
@@ -144,6 +146,7 @@ class LLMEngine:
                 cp = params.clone()
                 cp.n = 1
                 if params.seed is not None:
+                    # int64 seed + i stays inside what torch.Generator accepts (< 2**64).
                     cp.seed = params.seed + i
             cid = request_id if params.n == 1 else f"{request_id}#{i}"
             req = Request(cid, ids, cp, self.eos_token_id)
@@ -161,15 +164,44 @@ class LLMEngine:
     def abort_request(self, request_ids) -> None:
         if isinstance(request_ids, str):
             request_ids = [request_ids]
+        children: list[str] = []
         for pid in request_ids:
             parent = self.parents.pop(pid, None)
             if parent is None:
                 continue
-            self.scheduler.finish_requests(parent.children, RequestStatus.FINISHED_ABORTED)
+            children.extend(parent.children)
             for cid in parent.children:
                 self.seqs.pop(cid, None)
                 self._child_to_parent.pop(cid, None)
             self.stats.request_success["abort"] = self.stats.request_success.get("abort", 0) + 1
+        if children:    # one scheduler call: one pass over its queues
+            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED)
+
+    def fail_step_requests(self, exc: BaseException) -> Optional[dict[str, str]]:
+        """After ``step()`` raised ``exc``: find the requests the failure belongs to, abort
+        them and return {request_id: reason}. Every other running request is rewound (its KV
+        is recomputed, as after a preemption) and carries on at the next step. Returns None
+        when no request can be blamed; the caller then fails everything in flight."""
+        sched = self.scheduler
+        if isinstance(exc, RequestsUnschedulable):
+            blamed = {cid: str(exc) for cid in exc.request_ids}
+        else:
+            vocab = self.config.model_config.vocab_size
+            blamed = {}
+            for req in list(sched.running) + list(sched.waiting):
+                why = request_fault(req, vocab)
+                if why is not None:
+                    blamed[req.request_id] = why
+            if not blamed:
+                return None
+            sched.requeue_running()
+        failed: dict[str, str] = {}
+        for cid, why in blamed.items():
+            pid = self._child_to_parent.get(cid)
+            if pid is not None:
+                failed.setdefault(pid, why)
+        self.abort_request(list(failed))
+        return failed
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.parents)
