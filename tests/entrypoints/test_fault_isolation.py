@@ -32,9 +32,11 @@ def _inject_fault(params: SamplingParams, kind: str = "stop_ids") -> None:
         params.top_p = "half"
 
 
-@pytest.fixture(scope="module")
-def llm():
-    return LLM(tiny_model("llama"), enforce_eager=True, block_size=8)
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async"])
+def llm(request):
+    # async: the failing step may be launched while the previous one's tokens are unapplied.
+    return LLM(tiny_model("llama"), enforce_eager=True, block_size=8,
+               async_scheduling=request.param)
 
 
 def _reference(llm):

@@ -94,6 +94,7 @@ class Scheduler:
             self.kv.free(req)
             req.status = RequestStatus.PREEMPTED
             req.num_computed_tokens = 0
+            req.num_inflight = 0
             req.spec_token_ids = []
             req.num_preemptions += 1     # per-request runner state (drafters) starts over
             self.waiting.appendleft(req)

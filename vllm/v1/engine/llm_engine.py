@@ -219,6 +219,17 @@ class LLMEngine:
         and output processing overlap the GPU's work; outputs come one step later."""
         if not self.async_scheduling:
             return self._step_sync(stream)
+        try:
+            outs = self._step_async(stream)
+        except BaseException:
+            self._drop_inflight()
+            raise
+        self.stats.num_steps += 1
+        self._refresh_gauges()
+        self._maybe_log()
+        return outs
+
+    def _step_async(self, stream: bool) -> list[RequestOutput]:
         so = self.scheduler.schedule()
         self.stats.num_preemptions = self.scheduler.num_preemptions
         prev, self._inflight = self._inflight, None
@@ -231,12 +242,17 @@ class LLMEngine:
             log_once(logger, logging.INFO, "async-sched-sync-step",
                      "Asynchronous scheduling runs steps with penalties or logprobs "
                      "synchronously")
-            outs += self._apply(self._inflight, stream)
-            self._inflight = None
-        self.stats.num_steps += 1
-        self._refresh_gauges()
-        self._maybe_log()
+            launched, self._inflight = self._inflight, None
+            outs += self._apply(launched, stream)
         return outs
+
+    def _drop_inflight(self) -> None:
+        """A failed step: forget the launched steps whose tokens the host never applied. Every
+        request is left as if those steps had not been scheduled at all except for its KV
+        progress, which the caller's recovery (``fail_step_requests``) rewinds."""
+        self._inflight = None
+        for req in self.scheduler.requests.values():
+            req.num_inflight = 0
 
     def _apply(self, launched: tuple, stream: bool) -> list[RequestOutput]:
         so, pending = launched

@@ -11,11 +11,10 @@ def mask_min_tokens(logits: torch.Tensor, reqs: list[ScheduledReq]) -> None:
     One index_put with indices copied from pinned memory: no host sync."""
     rows: list[int] = []
     cols: list[int] = []
-    vocab = logits.shape[1]
     for row, r in enumerate(reqs):
         p = r.params
         if p.min_tokens and r.num_output_tokens < p.min_tokens:
-            ids = [t for t in (p.stop_token_ids or []) if 0 <= t < vocab]
+            ids = list(p.stop_token_ids or [])
             if r.eos_token_id is not None and not p.ignore_eos:
                 ids.append(r.eos_token_id)
             rows.extend([row] * len(ids))
