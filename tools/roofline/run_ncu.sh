@@ -107,7 +107,7 @@ for stage in $STAGES; do
   if [ $ok = 1 ]; then
     "$NCU_BIN" --import "$OUT_DIR/$stage.ncu-rep" --csv --page raw --print-units base \
       > "$OUT_DIR/$stage.csv" 2>> "$OUT_DIR/$stage.log" || rc=1
-    echo "== $stage: $(($(date +%s) - t0)) s, $(($(wc -l < "$OUT_DIR/$stage.csv") - 2)) kernels -> $OUT_DIR/$stage.csv"
+    echo "== $stage: $(($(date +%s) - t0)) s, $(grep -c "^\"[0-9]" "$OUT_DIR/$stage.csv") kernels -> $OUT_DIR/$stage.csv"
   else
     rc=1
     echo "== $stage FAILED after $(($(date +%s) - t0)) s; log tail:"; grep -v "^INFO" "$OUT_DIR/$stage.log" | tail -12
