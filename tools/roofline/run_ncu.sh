@@ -72,7 +72,7 @@ timeout 120 "$NCU_BIN" --query-metrics > "$OUT_DIR/query_metrics.txt" 2>&1 || tr
   --no-tensor > "$OUT_DIR/metrics_no_tensor.txt" 2>/dev/null
 
 # 2. Times (CUDA events) and analytic counts, no profiler attached.
-timeout "$STAGE_TIMEOUT" "${PROFILE[@]}" --output "$OUT_DIR/stages.json" \
+timeout -k 10 "${PROFILE_TIMEOUT:-600}" "${PROFILE[@]}" --output "$OUT_DIR/stages.json" \
   > "$OUT_DIR/stages.log" 2>&1 || { echo "profile run failed:"; tail -20 "$OUT_DIR/stages.log"; exit 1; }
 grep -v "^INFO" "$OUT_DIR/stages.log" | tail -5
 
@@ -84,20 +84,25 @@ run_stage() {   # stage metrics_file nvtx(0/1) -> rc; report at $OUT_DIR/$stage.
   rm -f "$OUT_DIR/$stage.ncu-rep"
   {
     echo "\$ ncu --metrics @$(basename "$mfile") nvtx=$nvtx"
-    timeout "$STAGE_TIMEOUT" "$NCU_BIN" --target-processes all --profile-from-start off \
+    timeout -k 10 "$STAGE_TIMEOUT" "$NCU_BIN" --target-processes all --profile-from-start off \
       --replay-mode kernel --clock-control none "${filt[@]}" \
       --metrics "$(cat "$mfile")" --export "$OUT_DIR/$stage" --force-overwrite \
       "${PROFILE[@]}" --stage "$stage" --warmup 2 --iters 0
-    echo "== rc=$?"
+    LAST_RC=$?
+    echo "== rc=$LAST_RC"
   } >> "$OUT_DIR/$stage.log" 2>&1
   [ -s "$OUT_DIR/$stage.ncu-rep" ]
 }
+timed_out() { [ "$LAST_RC" = 124 ] || [ "$LAST_RC" = 137 ]; }
 rc=0
 for stage in $STAGES; do
   : > "$OUT_DIR/$stage.log"
   t0=$(date +%s)
   ok=0
+  LAST_RC=0
   if run_stage "$stage" "$OUT_DIR/metrics.txt" "$NVTX"; then ok=1
+  elif timed_out; then        # a fallback would only time out again
+    echo "note: $stage timed out after $STAGE_TIMEOUT s" | tee -a "$OUT_DIR/$stage.log"
   elif grep -qiE "failed to find metric|invalid metric|not supported|unknown metric" "$OUT_DIR/$stage.log" \
        && run_stage "$stage" "$OUT_DIR/metrics_no_tensor.txt" "$NVTX"; then
     ok=1; echo "note: $stage profiled WITHOUT tensor counters (ncu rejected them)" | tee -a "$OUT_DIR/$stage.log"

@@ -38,8 +38,8 @@ python3 -c "import torch, triton, matplotlib; print('torch', torch.__version__, 
 step 90 python3 tools/roofline/measure_peaks.py --output "$R/peaks.json"
 
 G=gpt2-medium_P512_b1
-step $(( $(left) > 340 ? 330 : $(left) - 60 )) bash tools/roofline/run_ncu.sh --P 512 --batch 1 \
-  --model gpt2-medium --dtype float16 --ncu "$NCU_BIN" --stage-timeout 150 --out-dir "$R/ncu/$G"
+step $(( $(left) > 460 ? 400 : $(left) - 60 )) bash tools/roofline/run_ncu.sh --P 512 --batch 1 \
+  --model gpt2-medium --dtype float16 --ncu "$NCU_BIN" --stage-timeout 125 --out-dir "$R/ncu/$G"
 PEAKS=(); [ -f "$R/peaks.json" ] && PEAKS=(--peaks-json "$R/peaks.json")
 step 60 bash tools/roofline/analyze_results.sh --P 512 --batch 1 --model gpt2-medium \
   --dtype float16 --gpu H200 --in-dir "$R/ncu/$G" --out-dir "$R/results/$G" "${PEAKS[@]}"
