@@ -32,9 +32,10 @@ def independent_sums(text: str) -> dict:
     rows = list(csv.DictReader(io.StringIO("\n".join(lines[start:]))))
     units = rows[0] if rows and not rows[0]["ID"].strip() else {}
     body = rows[1:] if units else rows
-    for m, want in (("dram__bytes_read.sum", "byte"), ("gpu__time_duration.sum", ("ns", "nsecond"))):
+    for m, want in (("dram__bytes_read.sum", ("byte",)),
+                    ("gpu__time_duration.sum", ("ns", "nsecond"))):
         u = units.get(m, "")
-        if u and u not in (want if isinstance(want, tuple) else (want,)):
+        if u and u not in want:
             raise SystemExit(f"{m} is in {u!r}: export with --print-units base")
 
     def s(m):
