@@ -12,6 +12,7 @@ usage() {
 Usage: tools/roofline/run_ncu.sh [--P 512] [--batch 1] [--model gpt2-medium] [--dtype float16]
                                  [--stages "v0_prefill v1_prefill v1_decode"] [--out-dir DIR]
                                  [--ncu PATH] [--stage-timeout SECONDS] [--no-nvtx]
+                                 [--replay kernel|application]
   --P              prompt length (prefill tokens)                      [512]
   --batch          batch size                                          [1]
   --model          gpt2 | gpt2-medium | gpt2-large | smollm2 | llama3-8b [gpt2-medium]
@@ -21,6 +22,9 @@ Usage: tools/roofline/run_ncu.sh [--P 512] [--batch 1] [--model gpt2-medium] [--
   --ncu            ncu binary          [$NCU, PATH, /usr/local/cuda/bin, /opt/nvidia/nsight-compute]
   --stage-timeout  seconds per ncu run                                 [900]
   --no-nvtx        select kernels by cudaProfilerStart/Stop only (no --nvtx-include)
+  --replay         ncu replay mode: kernel (each kernel replayed per metric pass, caches flushed
+                   first) or application (the whole program re-run per pass: faster when a
+                   stage has hundreds of kernels; needs identical runs, which these are) [kernel]
 Clocks are left alone (--clock-control none). Needs a CUDA GPU and permission to read its
 performance counters.
 USAGE
@@ -28,7 +32,7 @@ USAGE
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 P=512 BATCH=1 MODEL=gpt2-medium DTYPE=float16 STAGES="v0_prefill v1_prefill v1_decode"
-OUT_DIR="" NCU_BIN=${NCU:-} STAGE_TIMEOUT=900 NVTX=1
+OUT_DIR="" NCU_BIN=${NCU:-} STAGE_TIMEOUT=900 NVTX=1 REPLAY=kernel
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -41,9 +45,11 @@ while [ $# -gt 0 ]; do
     --ncu) NCU_BIN=$2; shift 2 ;;
     --stage-timeout) STAGE_TIMEOUT=$2; shift 2 ;;
     --no-nvtx) NVTX=0; shift ;;
+    --replay) REPLAY=$2; shift 2 ;;
     *) echo "run_ncu.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+case "$REPLAY" in kernel|application) ;; *) echo "run_ncu.sh: --replay $REPLAY: expected kernel or application" >&2; exit 2 ;; esac
 OUT_DIR=${OUT_DIR:-$ROOT/tools/roofline/ncu_reports/${MODEL}_P${P}_b${BATCH}}
 PY=${PYTHON:-python3}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -83,9 +89,9 @@ run_stage() {   # stage metrics_file nvtx(0/1) -> rc; report at $OUT_DIR/$stage.
   [ "$nvtx" = 1 ] && filt=(--nvtx --nvtx-include "$stage/")
   rm -f "$OUT_DIR/$stage.ncu-rep"
   {
-    echo "\$ ncu --metrics @$(basename "$mfile") nvtx=$nvtx"
+    echo "\$ ncu --replay-mode $REPLAY --metrics @$(basename "$mfile") nvtx=$nvtx"
     timeout -k 10 "$STAGE_TIMEOUT" "$NCU_BIN" --target-processes all --profile-from-start off \
-      --replay-mode kernel --clock-control none "${filt[@]}" \
+      --replay-mode "$REPLAY" --clock-control none "${filt[@]}" \
       --metrics "$(cat "$mfile")" --export "$OUT_DIR/$stage" --force-overwrite \
       "${PROFILE[@]}" --stage "$stage" --warmup 2 --iters 0
     LAST_RC=$?

@@ -38,22 +38,25 @@ python3 -c "import torch, triton, matplotlib; print('torch', torch.__version__, 
 step 90 python3 tools/roofline/measure_peaks.py --output "$R/peaks.json"
 
 G=gpt2-medium_P512_b1
-step $(( $(left) > 460 ? 400 : $(left) - 60 )) bash tools/roofline/run_ncu.sh --P 512 --batch 1 \
-  --model gpt2-medium --dtype float16 --ncu "$NCU_BIN" --stage-timeout 125 --out-dir "$R/ncu/$G"
+REPLAY=${RF_REPLAY:-kernel}     # RF_REPLAY=application: one program run per metric pass
+step $(( $(left) - 50 )) bash tools/roofline/run_ncu.sh --P 512 --batch 1 --model gpt2-medium \
+  --dtype float16 --ncu "$NCU_BIN" --replay "$REPLAY" --stage-timeout $(( ($(left) - 110) / 3 )) \
+  --out-dir "$R/ncu/$G"
 PEAKS=(); [ -f "$R/peaks.json" ] && PEAKS=(--peaks-json "$R/peaks.json")
 step 60 bash tools/roofline/analyze_results.sh --P 512 --batch 1 --model gpt2-medium \
   --dtype float16 --gpu H200 --in-dir "$R/ncu/$G" --out-dir "$R/results/$G" "${PEAKS[@]}"
 cp "$R/ncu/$G"/*.log "$R/ncu/$G"/stages.json "$R/results/$G/" 2>/dev/null
 [ -s "$R/ncu/$G/v1_decode.csv" ] && step 30 python3 tools/roofline/make_test_sample.py \
   "$R/ncu/$G/v1_decode.csv" "$R/results/ncu_sample_h200_roofline.csv" --rows 40 \
-  --note "REAL H200 output (ncu kernel replay, --clock-control none, $(date -u +%F)): the first 40 kernels of V1 decode, GPT-2-medium shapes, P=512, batch 1, float16; expected values summed with the csv module (make_test_sample.py), independently of the parser"
+  --note "REAL H200 output (ncu --replay-mode $REPLAY, --clock-control none, $(date -u +%F)): the first 40 kernels of V1 decode, GPT-2-medium shapes, P=512, batch 1, float16; expected values summed with the csv module (make_test_sample.py), independently of the parser"
 # keep the (small) sample CSV: rename so the tar's *.csv exclusion spares it
 [ -f "$R/results/ncu_sample_h200_roofline.csv" ] && mv "$R/results/ncu_sample_h200_roofline.csv" "$R/results/ncu_sample_h200_roofline.csv.txt"
 
 if [ "$(left)" -gt 150 ]; then
   L=llama3-8b_P512_b1
   step $(( $(left) - 45 )) bash tools/roofline/run_ncu.sh --P 512 --batch 1 --model llama3-8b \
-    --dtype bfloat16 --stages "v1_prefill v1_decode" --ncu "$NCU_BIN" --stage-timeout 200 \
+    --dtype bfloat16 --stages "v1_prefill v1_decode" --ncu "$NCU_BIN" --replay "$REPLAY" \
+    --stage-timeout $(( ($(left) - 100) / 2 )) \
     --out-dir "$R/ncu/$L"
   step 40 bash tools/roofline/analyze_results.sh --P 512 --batch 1 --model llama3-8b \
     --dtype bfloat16 --gpu H200 --in-dir "$R/ncu/$L" --out-dir "$R/results/$L" "${PEAKS[@]}"
