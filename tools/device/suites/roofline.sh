@@ -20,9 +20,7 @@ mkdir -p "$R" "$OUT"
 exec > >(tee "$OUT/suite.log") 2>&1
 pack() {
   find "$R" -name "*.ncu-rep" -delete
-  for f in gpt2-medium_P512_b1/roofline.png gpt2-medium_P512_b1/roofline.pdf; do
-    [ -f "$R/results/$f" ] && cp "$R/results/$f" "$OUT/"
-  done
+  cp "$R/results/${G:-none}/roofline.png" "$R/results/${G:-none}/roofline.pdf" "$OUT/" 2>/dev/null
   # the big per-kernel CSVs stay out, except the trimmed test sample
   tar czf "$OUT/roofline_results.tar.gz" -C "$R" --exclude="*.csv" . 2>/dev/null
   ls -la "$OUT"
@@ -37,22 +35,26 @@ python3 -c "import torch, triton, matplotlib; print('torch', torch.__version__, 
 
 step 90 python3 tools/roofline/measure_peaks.py --output "$R/peaks.json"
 
-G=gpt2-medium_P512_b1
+# RF_MODEL / RF_P / RF_DTYPE override the first model (a CPU dry run: RF_MODEL=tiny-gpt2
+# RF_P=16 RF_DTYPE=float32 RF_LLAMA=0 NCU=/path/to/fake-ncu)
+M=${RF_MODEL:-gpt2-medium} P=${RF_P:-512} DT=${RF_DTYPE:-float16}
+G=${M}_P${P}_b1
+[ -n "${NCU:-}" ] && NCU_BIN=$NCU
 REPLAY=${RF_REPLAY:-kernel}     # RF_REPLAY=application: one program run per metric pass
-step $(( $(left) - 50 )) bash tools/roofline/run_ncu.sh --P 512 --batch 1 --model gpt2-medium \
-  --dtype float16 --ncu "$NCU_BIN" --replay "$REPLAY" --stage-timeout $(( ($(left) - 110) / 3 )) \
+step $(( $(left) - 50 )) bash tools/roofline/run_ncu.sh --P "$P" --batch 1 --model "$M" \
+  --dtype "$DT" --ncu "$NCU_BIN" --replay "$REPLAY" --stage-timeout $(( ($(left) - 110) / 3 )) \
   --out-dir "$R/ncu/$G"
 PEAKS=(); [ -f "$R/peaks.json" ] && PEAKS=(--peaks-json "$R/peaks.json")
-step 60 bash tools/roofline/analyze_results.sh --P 512 --batch 1 --model gpt2-medium \
-  --dtype float16 --gpu H200 --in-dir "$R/ncu/$G" --out-dir "$R/results/$G" "${PEAKS[@]}"
+step 60 bash tools/roofline/analyze_results.sh --P "$P" --batch 1 --model "$M" \
+  --dtype "$DT" --gpu H200 --in-dir "$R/ncu/$G" --out-dir "$R/results/$G" "${PEAKS[@]}"
 cp "$R/ncu/$G"/*.log "$R/ncu/$G"/stages.json "$R/results/$G/" 2>/dev/null
 [ -s "$R/ncu/$G/v1_decode.csv" ] && step 30 python3 tools/roofline/make_test_sample.py \
   "$R/ncu/$G/v1_decode.csv" "$R/results/ncu_sample_h200_roofline.csv" --rows 40 \
-  --note "REAL H200 output (ncu --replay-mode $REPLAY, --clock-control none, $(date -u +%F)): the first 40 kernels of V1 decode, GPT-2-medium shapes, P=512, batch 1, float16; expected values summed with the csv module (make_test_sample.py), independently of the parser"
+  --note "REAL H200 output (ncu --replay-mode $REPLAY, --clock-control none, $(date -u +%F)): the first 40 kernels of V1 decode, $M shapes, P=$P, batch 1, $DT; expected values summed with the csv module (make_test_sample.py), independently of the parser"
 # keep the (small) sample CSV: rename so the tar's *.csv exclusion spares it
 [ -f "$R/results/ncu_sample_h200_roofline.csv" ] && mv "$R/results/ncu_sample_h200_roofline.csv" "$R/results/ncu_sample_h200_roofline.csv.txt"
 
-if [ "$(left)" -gt 150 ]; then
+if [ "${RF_LLAMA:-1}" = 1 ] && [ "$(left)" -gt 150 ]; then
   L=llama3-8b_P512_b1
   step $(( $(left) - 45 )) bash tools/roofline/run_ncu.sh --P 512 --batch 1 --model llama3-8b \
     --dtype bfloat16 --stages "v1_prefill v1_decode" --ncu "$NCU_BIN" --replay "$REPLAY" \
