@@ -98,6 +98,8 @@ def select(available: Optional[Iterable[str]]) -> dict:
         if not tensor:
             tensor = _src_family_subset(avail)
             fam = "src" if tensor else None
+        if not tensor:      # the query lists neither (a partial list?): try the defaults;
+            tensor, fam = list(TENSOR_OP_FAMILY), "op"   # run_ncu.sh drops what ncu rejects
         base = list(BASE)       # documented on every architecture: never filtered
         ctx = [m for m in CONTEXT if base_name(m) in avail]
         if fam == "op":         # the per-type sums too, as a cross-check of the per-kind ones

@@ -106,13 +106,26 @@ for stage in $STAGES; do
   t0=$(date +%s)
   ok=0
   LAST_RC=0
-  if run_stage "$stage" "$OUT_DIR/metrics.txt" "$NVTX"; then ok=1
+  cp "$OUT_DIR/metrics.txt" "$OUT_DIR/metrics_$stage.txt"
+  for attempt in 1 2 3 4; do
+    if run_stage "$stage" "$OUT_DIR/metrics_$stage.txt" "$NVTX"; then ok=1; break; fi
+    timed_out && break
+    # ncu names a metric it does not know: drop it and try again (recorded in the log)
+    bad=$(grep -iE "failed to find metric|invalid metric|unknown metric" "$OUT_DIR/$stage.log" \
+          | grep -oE "[a-z0-9_]+__[a-z0-9_]+" | tail -1)
+    [ -z "$bad" ] && break
+    grep -q "$bad" "$OUT_DIR/metrics_$stage.txt" || break
+    echo "note: ncu rejected $bad: retrying without it" | tee -a "$OUT_DIR/$stage.log"
+    tr , '\n' < "$OUT_DIR/metrics_$stage.txt" | grep -v "^$bad\." | paste -sd, - \
+      > "$OUT_DIR/metrics_$stage.tmp" && mv "$OUT_DIR/metrics_$stage.tmp" "$OUT_DIR/metrics_$stage.txt"
+  done
+  if [ $ok = 1 ]; then :
   elif timed_out; then        # a fallback would only time out again
     echo "note: $stage timed out after $STAGE_TIMEOUT s" | tee -a "$OUT_DIR/$stage.log"
   elif grep -qiE "failed to find metric|invalid metric|not supported|unknown metric" "$OUT_DIR/$stage.log" \
        && run_stage "$stage" "$OUT_DIR/metrics_no_tensor.txt" "$NVTX"; then
     ok=1; echo "note: $stage profiled WITHOUT tensor counters (ncu rejected them)" | tee -a "$OUT_DIR/$stage.log"
-  elif [ "$NVTX" = 1 ] && run_stage "$stage" "$OUT_DIR/metrics.txt" 0; then
+  elif [ "$NVTX" = 1 ] && run_stage "$stage" "$OUT_DIR/metrics_$stage.txt" 0; then
     ok=1; echo "note: $stage profiled without the NVTX filter (cudaProfilerStart/Stop only)" | tee -a "$OUT_DIR/$stage.log"
   fi
   if [ $ok = 1 ]; then
