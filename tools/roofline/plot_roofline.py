@@ -40,7 +40,7 @@ STAGES = (("v0_prefill", "V0 Prefill", "o", "#1f77b4"),
           ("v1_prefill", "V1 Prefill", "s", "#2ca02c"),
           ("v1_decode", "V1 Decode", "D", "#d62728"))
 # label offsets (points) and alignment per stage: the two prefills sit close together
-LABEL_AT = {"v0_prefill": ((-12, 22), "right"), "v1_prefill": ((12, -46), "left"),
+LABEL_AT = {"v0_prefill": ((-12, 22), "right"), "v1_prefill": ((-12, -50), "right"),
             "v1_decode": ((12, 8), "left")}
 
 
@@ -196,11 +196,12 @@ def main(argv=None) -> int:
         foot.append(f"batch: {args.batch_size}")
     if args.seq_length is not None:
         foot.append(f"seq length: {args.seq_length}")
-    foot.append(f"efficiency vs {'measured' if measured else 'datasheet'} roof")
+    foot2 = [f"efficiency vs {'measured' if measured else 'datasheet'} roof"]
     if measured:
-        foot.append(measured["label"])
-    fig.text(0.5, 0.01, " | ".join(foot), ha="center", va="bottom", fontsize=7, color="0.25")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+        foot2.append(f"roof {measured['label']}")
+    fig.text(0.5, 0.01, " | ".join(foot) + "\n" + " | ".join(foot2), ha="center", va="bottom",
+             fontsize=7, color="0.25", linespacing=1.4)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)
     written = []
