@@ -12,6 +12,7 @@ import torch
 from vllm.forward_context import AttentionMetadata
 from vllm.v1.core.sched_output import SchedulerOutput
 from vllm.v1.spec_decode.metadata import PADDING_SLOT_ID, SpecDecodeMetadata
+from vllm.v1.worker.packed_h2d import PackedH2D
 
 
 @dataclass
@@ -55,37 +56,11 @@ class InputBuffers:
         self._bt_src: list = [None] * max_reqs
         self._bt_len = [0] * max_reqs
         self._cuda = device.type == "cuda"
-        # Pinned host mirrors of the device buffers (allocated once): H2D copies are then
-        # truly asynchronous and no step pays for pinning fresh memory.
-        self._mirror: dict[int, torch.Tensor] = {}
-        self._copied = torch.cuda.Event() if self._cuda else None
-        self._pending = False
-
-    def _h2d(self, dst: torch.Tensor, src: np.ndarray) -> None:
-        n = len(src)
-        if not self._cuda:
-            dst.reshape(-1)[:n].copy_(torch.from_numpy(src))
-            return
-        base = dst if dst._base is None else dst._base
-        mirror = self._mirror.get(id(base))
-        if mirror is None:
-            host = torch.empty(base.numel(), dtype=base.dtype, pin_memory=True)
-            mirror = self._mirror[id(base)] = (host, host.numpy())
-        host, host_np = mirror
-        host_np[:n] = src           # a memcpy into pinned memory, no torch call
-        dst.reshape(-1)[:n].copy_(host[:n], non_blocking=True)
-
-    def _wait_previous_copies(self) -> None:
-        # A drafter runs several forwards between host syncs: do not overwrite a pinned mirror
-        # the GPU has not read yet. In the main step loop this is already complete (no wait).
-        if self._pending:
-            self._copied.synchronize()
-            self._pending = False
-
-    def _mark_copies(self) -> None:
-        if self._cuda:
-            self._copied.record()
-            self._pending = True
+        self.logits_idx = torch.zeros(max_tokens, dtype=i64, device=device)
+        # Worst case of one step's staged bytes: 5 int64 + 1 int32 per token, the block
+        # tables, context lengths and query starts, plus alignment padding.
+        nbytes = (5 * 8 + 4) * max_tokens + 4 * max_reqs * max_blocks + 8 * (max_reqs + 1) + 256
+        self._h2d = PackedH2D(nbytes, device)
 
     def attn_view(self, T: int, with_stage: bool = False) -> AttentionMetadata:
         return AttentionMetadata(
@@ -101,7 +76,6 @@ class InputBuffers:
         reqs = so.reqs
         R = len(reqs)
         bs = self.block_size
-        self._wait_previous_copies()
         counts = np.fromiter((len(r.token_ids) for r in reqs), dtype=np.int64, count=R)
         T = int(counts.sum())
         qsl = np.zeros(R + 1, dtype=np.int32)
@@ -165,35 +139,40 @@ class InputBuffers:
         if n_staged:
             slots = np.where(stage >= 0, PADDING_SLOT_ID, slots)
 
-        # Copy into the persistent buffers; pad to padded_tokens.
+        # Stage into the persistent buffers, padded to padded_tokens: padded tokens carry
+        # token 0, position 0, slot -1, request -1 (they neither attend nor write).
         Tp = padded_tokens
-        self._h2d(self.input_ids, ids)
-        self._h2d(self.positions, positions)
-        self._h2d(self.slot_mapping, slots)
-        self._h2d(self.token_req_idx, req_of_tok)
-        if Tp > T:
-            self.slot_mapping[T:Tp].fill_(PADDING_SLOT_ID)
-            self.token_req_idx[T:Tp].fill_(-1)
-            self.input_ids[T:Tp].zero_()
-            self.positions[T:Tp].zero_()
+        h2d = self._h2d
+
+        def padded(a: np.ndarray, fill) -> np.ndarray:
+            if Tp == T:
+                return a
+            out = np.full(Tp, fill, dtype=a.dtype)
+            out[:T] = a
+            return out
+
+        h2d.add(self.input_ids[:Tp], padded(ids, 0))
+        h2d.add(self.positions[:Tp], padded(positions, 0))
+        h2d.add(self.slot_mapping[:Tp], padded(slots.astype(np.int64), PADDING_SLOT_ID))
+        h2d.add(self.token_req_idx[:Tp], padded(req_of_tok, -1))
         stage_t = None
         if stage is not None:
-            self._h2d(self.stage_index, stage)
-            if Tp > T:
-                self.stage_index[T:Tp].fill_(-1)
+            h2d.add(self.stage_index[:Tp], padded(stage, -1))
             stage_t = self.stage_index[:Tp]
-        self._h2d(self.block_tables.view(-1), bt.reshape(-1)) if R else None
+        if R:
+            h2d.add(self.block_tables.view(-1)[:R * self.max_blocks], bt[:R].reshape(-1))
         # Unused request rows: empty (query_start_loc stays at T), so no kernel or reference
         # loop over the buffer's full request dimension sees stale requests.
         ctx_full = np.zeros(self.max_reqs, dtype=np.int32)
         ctx_full[:R] = starts
         qsl_full = np.full(self.max_reqs + 1, T, dtype=np.int32)
         qsl_full[:R + 1] = qsl
-        self._h2d(self.context_lens, ctx_full)
-        self._h2d(self.query_start_loc, qsl_full)
-        attn = self.attn_view(Tp, with_stage=stage_t is not None)
-        self._mark_copies()
+        h2d.add(self.context_lens, ctx_full)
+        h2d.add(self.query_start_loc, qsl_full)
         li = np.asarray(logits_idx, dtype=np.int64)
+        h2d.add(self.logits_idx[:len(li)], li)
+        h2d.flush()
+        attn = self.attn_view(Tp, with_stage=stage_t is not None)
         spec = None
         if spec_req:
             dev = self.device
@@ -207,8 +186,7 @@ class InputBuffers:
         return StepInputs(
             num_tokens=T, num_reqs=R, attn=attn, input_ids=self.input_ids[:Tp],
             positions=self.positions[:Tp],
-            logits_indices=(torch.from_numpy(li).pin_memory() if self._cuda else
-                            torch.from_numpy(li)).to(self.device, non_blocking=True),
+            logits_indices=self.logits_idx[:len(li)],
             logits_indices_host=li, req_first_row=first_row, spec=spec,
             hidden_rows_per_req=rows_per_req, unknown_rows=unknown_rows,
             unknown_reqs=unknown_reqs)
