@@ -106,8 +106,8 @@ def worker_loop(config: VllmConfig, rank: int, world: int, init_method: str, con
                 device: torch.device) -> int:
     """Serve the driver's calls until it says shutdown (0) or something fails (1). Never
     tears the process group down: the process exits right after, which is what peers see."""
-    faults = _FaultInjector(rank)
     try:
+        faults = _FaultInjector(rank)
         conn.send(("joining", None))
         runner = make_runner(config, rank, world, init_method, device)
         conn.send(("ready", None))
@@ -212,6 +212,7 @@ class MultiprocTPExecutor:
         if on_cuda:
             for name, value in NVLS_OFF_DEFAULTS.items():
                 envs.set_default(name, value)
+        _FaultInjector(0)       # a malformed VLLM_TP_FAULT_INJECT fails here, before spawning
         self.world = world
         self.workers = _Workers()
         self._replies: dict[int, queue.Queue] = {r: queue.Queue() for r in range(1, world)}
@@ -288,6 +289,7 @@ class MultiprocTPExecutor:
                 if c is not None and c.poll():
                     continue        # read its last message first (next round)
                 conns.pop(rank, None)
+                w.procs[rank].join(0.5)        # reap it: exitcode is None until then
                 self._fail(rank, f"the worker process exited with code "
                                  f"{w.procs[rank].exitcode}")
 
