@@ -17,6 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from dist_util import DEVICES, PYTHON, REPO, descendants, free_port, subprocess_env, wait_gone
 from models_util import tiny_model
 
+pytest.importorskip("fastapi")      # the server's dependencies (absent on a bare GPU image)
+pytest.importorskip("uvicorn")
+
 
 class Server:
     def __init__(self, args: list[str], log_path: str):

@@ -196,6 +196,8 @@ def main() -> None:
     ap.add_argument("--log-dir", default=None)
     ap.add_argument("--output", default="sweeps/dp_serve.json")
     args = ap.parse_args()
+    # A time box's SIGTERM must still run the `finally` that stops the server's session.
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
     args.server_args = list(args.extra)
     if args.model in ("smollm2-dummy", "llama3-8b-dummy"):
         root = tempfile.gettempdir()
