@@ -41,6 +41,10 @@ logger = init_logger(__name__)
 NVLS_OFF_DEFAULTS = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
                      "NVSHMEM_DISABLE_NVLS": "1"}
 
+# Worker failures are handled here (the monitor aborts the communicator and the error names
+# the rank); NCCL's own watchdog tearing the whole process down would take the server with it.
+NCCL_DEFAULTS = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "0"}
+
 # Runner methods whose result the driver collects from every worker.
 _REPLY_METHODS = ("profile_num_blocks",)
 
@@ -72,6 +76,8 @@ def make_runner(config: VllmConfig, rank: int, world: int, init_method: str,
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        for name, value in {**NVLS_OFF_DEFAULTS, **NCCL_DEFAULTS}.items():
+            envs.set_default(name, value)       # ranks started by a launcher have no parent
     init_tensor_parallel(rank, world, init_method, "nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(config.model_config.seed)
     return GPUModelRunner(replace(config, device=str(device)), device)
@@ -196,8 +202,9 @@ def _finalize(workers: _Workers) -> None:
     # At interpreter exit or when the executor is collected without shutdown() (e.g. the
     # user's script raised): leave no process behind.
     if workers.conns or workers.procs:
-        workers.stop(timeout=1.0)
+        workers.closing = True
         destroy_tensor_parallel(timeout_s=2.0)
+        workers.stop(timeout=1.0)
 
 
 class MultiprocTPExecutor:
@@ -210,7 +217,7 @@ class MultiprocTPExecutor:
             raise ValueError(f"tensor_parallel_size={world} but only "
                              f"{torch.cuda.device_count()} GPUs are visible")
         if on_cuda:
-            for name, value in NVLS_OFF_DEFAULTS.items():
+            for name, value in {**NVLS_OFF_DEFAULTS, **NCCL_DEFAULTS}.items():
                 envs.set_default(name, value)
         _FaultInjector(0)       # a malformed VLLM_TP_FAULT_INJECT fails here, before spawning
         self.world = world
@@ -349,9 +356,12 @@ class MultiprocTPExecutor:
         if self._shut:
             return
         self._shut = True
+        self.workers.closing = True         # workers leaving now is not a failure
+        # The driver's group goes first (local on NCCL: an abort), so no watchdog of ours ever
+        # sees peers vanish under a live communicator; then the workers exit.
+        destroy_tensor_parallel()
         self.workers.stop(envs.get("VLLM_SHUTDOWN_TIMEOUT"))
         mon = getattr(self, "_monitor", None)
         if mon is not None:
             mon.join(1.0)
-        destroy_tensor_parallel()
         self._finalizer.detach()
