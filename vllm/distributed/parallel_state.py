@@ -52,9 +52,12 @@ def destroy_tensor_parallel(timeout_s: float = 5.0) -> None:
 
         def teardown():
             if backend == "nccl":
-                dist.distributed_c10d._abort_process_group()
-            else:
-                dist.destroy_process_group()
+                try:
+                    dist.distributed_c10d._abort_process_group()
+                    return
+                except Exception as e:  # noqa: BLE001 - no abort in this torch: destroy
+                    logger.warning("NCCL abort unavailable (%r); destroying the group", e)
+            dist.destroy_process_group()
 
         t = threading.Thread(target=teardown, name="vllm-tp-destroy", daemon=True)
         t.start()

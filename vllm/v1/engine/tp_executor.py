@@ -72,12 +72,14 @@ def rank_device(config: VllmConfig, rank: int, local_rank: Optional[int] = None
 
 
 def make_runner(config: VllmConfig, rank: int, world: int, init_method: str,
-                device: torch.device):
+                device: torch.device, before_init=None):
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
     if device.type == "cuda":
         torch.cuda.set_device(device)
         for name, value in {**NVLS_OFF_DEFAULTS, **NCCL_DEFAULTS}.items():
             envs.set_default(name, value)       # ranks started by a launcher have no parent
+    if before_init is not None:
+        before_init()
     init_tensor_parallel(rank, world, init_method, "nccl" if device.type == "cuda" else "gloo")
     torch.manual_seed(config.model_config.seed)
     return GPUModelRunner(replace(config, device=str(device)), device)
@@ -114,8 +116,10 @@ def worker_loop(config: VllmConfig, rank: int, world: int, init_method: str, con
     tears the process group down: the process exits right after, which is what peers see."""
     try:
         faults = _FaultInjector(rank)
-        conn.send(("joining", None))
-        runner = make_runner(config, rank, world, init_method, device)
+        # "joining" right before the rendezvous: the driver enters it only when every worker
+        # got this far (a failure earlier is reported instead of a rendezvous that never ends).
+        runner = make_runner(config, rank, world, init_method, device,
+                             before_init=lambda: conn.send(("joining", None)))
         conn.send(("ready", None))
         while True:
             try:
@@ -334,6 +338,12 @@ class MultiprocTPExecutor:
             # closed; NCCL: aborted): report the cause, the worker's error.
             if self._failed.wait(3.0):
                 raise self._failure from e
+            # The driver failed alone: the workers may now wait in a collective it never
+            # reached, so no later call may run (it would hang).
+            self._failure = TPWorkerError(0, f"the driver failed in {method}: {e!r}")
+            self._failure.__cause__ = e
+            self._failed.set()
+            abort_tensor_parallel()
             raise
         self._check()
         return out
