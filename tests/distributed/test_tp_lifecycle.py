@@ -109,6 +109,24 @@ def test_worker_failure_names_the_rank(device, monkeypatch):
     assert not wait_gone(pids, 2.0)
 
 
+def test_driver_failure_stops_the_executor(monkeypatch):
+    """Rank 0 fails alone (the workers wait in a collective it never reaches): the error comes
+    back at once, later calls refuse instead of hanging, shutdown still takes seconds."""
+    monkeypatch.setenv("VLLM_TP_FAULT_INJECT", "0:execute_model:2")
+    llm = LLM(tiny_model("llama"), tensor_parallel_size=2, **_kw("cpu"))
+    pids = _worker_pids(llm)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="injected fault"):
+        llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    assert time.monotonic() - t0 < 10.0
+    with pytest.raises(TPWorkerError, match="rank 0 failed: the driver failed"):
+        llm.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
+    t0 = time.monotonic()
+    llm.shutdown()
+    assert time.monotonic() - t0 < 8.0
+    assert not wait_gone(pids, 2.0)
+
+
 def test_fault_injection_spec_is_validated(monkeypatch):
     monkeypatch.setenv("VLLM_TP_FAULT_INJECT", "one:execute_model")
     with pytest.raises(Exception, match="VLLM_TP_FAULT_INJECT"):

@@ -223,7 +223,7 @@ class MultiprocTPExecutor:
         if on_cuda:
             for name, value in {**NVLS_OFF_DEFAULTS, **NCCL_DEFAULTS}.items():
                 envs.set_default(name, value)
-        _FaultInjector(0)       # a malformed VLLM_TP_FAULT_INJECT fails here, before spawning
+        self._faults = _FaultInjector(0)    # a malformed spec fails here, before spawning
         self.world = world
         self.workers = _Workers()
         self._replies: dict[int, queue.Queue] = {r: queue.Queue() for r in range(1, world)}
@@ -332,6 +332,7 @@ class MultiprocTPExecutor:
                 self._check()
                 raise TPWorkerError(rank, "its connection is closed") from None
         try:
+            self._faults.check(method, 0)
             out = getattr(self.driver_runner, method)(*args)
         except Exception as e:
             # A peer's failure makes the driver's collective fail too (gloo: connection
