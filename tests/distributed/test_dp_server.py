@@ -96,9 +96,8 @@ def _stop_within(server: Server, seconds: float) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_data_parallel_2_serves_from_both_replicas(device, tmp_path):
-    extra = ["--enforce-eager"] if device == "cpu" else []
     server = Server(["--data-parallel-size", "2", "--device", device, "--dtype", "float32",
-                     *extra], str(tmp_path / "dp.log"))
+                     "--enforce-eager"], str(tmp_path / "dp.log"))
     try:
         server.wait_ready()
         outs = asyncio.run(_complete_all(server.url, 16))
@@ -128,9 +127,8 @@ def test_data_parallel_size_is_validated(tmp_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_tensor_parallel_2_server_stops_on_sigint(device, tmp_path):
-    extra = ["--enforce-eager"] if device == "cpu" else []
     server = Server(["--tensor-parallel-size", "2", "--device", device, "--dtype", "float32",
-                     *extra], str(tmp_path / "tp.log"))
+                     "--enforce-eager"], str(tmp_path / "tp.log"))
     try:
         server.wait_ready()
         asyncio.run(_complete_all(server.url, 4))

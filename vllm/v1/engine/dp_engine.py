@@ -19,7 +19,7 @@ import time
 import traceback
 import weakref
 from multiprocessing.connection import wait as mp_wait
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import torch
 
