@@ -134,8 +134,11 @@ def _rank_main(rank: int, world: int, port: int, args, out_q) -> None:
                 except Exception as e:  # noqa: BLE001
                     row["nccl_graph_error"] = f"{type(e).__name__}: {e}"[:300]
                 fn, note = _p2p_allreduce(x)
-                row["p2p_impl"] = note
-                if fn is not None:
+                # Every rank takes the same branch (a one-sided failure would hang a barrier).
+                ok = torch.tensor([1 if fn is not None else 0], device=device)
+                dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+                row["p2p_impl"] = note if ok.item() else f"not on every rank: {note}"
+                if ok.item():
                     dist.barrier()
                     row["p2p_eager_us"] = clock(fn, args.iters) / args.iters * 1e6
                     try:

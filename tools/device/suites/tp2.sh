@@ -29,7 +29,7 @@ nvidia-smi > "$R/nvidia_smi.txt" 2>&1; nvidia-smi topo -m >> "$R/nvidia_smi.txt"
 python3 -c 'import torch; print("torch", torch.__version__, "gpus", torch.cuda.device_count())'
 
 if [ "$PART" = core ]; then
-  tbox 60 allreduce python3 tools/benchmarks/allreduce_bench.py --output "$R/allreduce_tp2.json"
+  tbox 60 allreduce python3 tools/benchmarks/allreduce_bench.py --timeout 50 --output "$R/allreduce_tp2.json"
   grep -E "^tokens=|Error" "$R/allreduce.log"
   tbox 230 tp_check python3 tools/benchmarks/tp_check.py --model llama3-8b-dummy \
     --dtype bfloat16 --batches 1,32 --output "$R/tp_check_llama8b.json"
