@@ -100,6 +100,12 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class ParallelConfig:
     tensor_parallel_size: int = 1
+    # Engine replicas behind one server (vllm/v1/engine/dp_engine.py); each has its own
+    # tensor-parallel group.
+    data_parallel_size: int = 1
+    # None: tensor-parallel workers are spawned on this machine. "env://": every rank is
+    # started by a launcher (torchrun) with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT.
+    distributed_init_method: Optional[str] = None
 
 
 _SPEC_METHODS = ("ngram", "draft_model", "eagle")

@@ -6,6 +6,7 @@ environment per engine) or read the attribute ``envs.VLLM_...``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -93,6 +94,25 @@ _register("VLLM_TRITON_DISABLE", False, _bool("VLLM_TRITON_DISABLE"),
           "Use the torch reference paths even on a GPU (debugging).")
 _register("VLLM_PORT_BASE", 29500, _int("VLLM_PORT_BASE"),
           "Base TCP port for the tensor-parallel process group rendezvous.")
+_register("VLLM_TP_FAULT_INJECT", None, _str,
+          "Tests only: 'RANK:METHOD:N' makes tensor-parallel rank RANK raise on its N-th call of "
+          "the runner method METHOD (e.g. '1:execute_model:2').")
+_register("VLLM_SHUTDOWN_TIMEOUT", 5.0, _float("VLLM_SHUTDOWN_TIMEOUT"),
+          "Seconds a shutdown waits for worker processes before terminating, then killing them.")
+_register("VLLM_RENDEZVOUS_SECRET", "vllm-rendezvous", _str,
+          "Multi-node (env://): shared secret that authenticates the control connections of the "
+          "ranks to rank 0 (same value on every host).")
+# Set by torchrun (or by hand) for the env:// rendezvous; read only in that mode.
+_register("RANK", None, _int("RANK"), "env:// rendezvous: this process's global rank.")
+_register("WORLD_SIZE", None, _int("WORLD_SIZE"), "env:// rendezvous: number of ranks.")
+_register("LOCAL_RANK", None, _int("LOCAL_RANK"),
+          "env:// rendezvous: this process's rank on its host (picks cuda:LOCAL_RANK).")
+_register("CUDA_VISIBLE_DEVICES", None, _str,
+          "GPUs this process may use; data-parallel replicas get consecutive groups of them.")
+_register("MASTER_ADDR", None, _str, "env:// rendezvous: address of the host of rank 0.")
+_register("MASTER_PORT", None, _int("MASTER_PORT"),
+          "env:// rendezvous: torch.distributed's port on rank 0's host; vllm's control "
+          "connections use MASTER_PORT + 1.")
 _register("TARGET_MODEL", None, _str, "Profiling tools: target model (default: the default model).")
 _register("DRAFT_MODEL", None, _str, "Profiling tools: draft model for draft_model / eagle.")
 _register("TENSOR_PARALLEL_SIZE", 1, _int("TENSOR_PARALLEL_SIZE"),
@@ -120,6 +140,22 @@ def raw_environ() -> dict[str, str]:
 def set_default(name: str, value: str) -> None:
     """Set a variable for this process and its children unless the user already set it."""
     os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def scoped(values: dict[str, str]):
+    """Set variables while child processes are started (they copy the environment at spawn),
+    then restore this process's values."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def describe() -> str:

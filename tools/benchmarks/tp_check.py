@@ -19,6 +19,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 
 import torch
 
@@ -36,6 +37,7 @@ def _prompts(n: int, length: int, vocab: int, seed: int) -> list[dict]:
 
 def run_tp(model: str, tp: int, args) -> dict:
     kw = {"load_format": "dummy"} if args.load_format == "dummy" else {}
+    shutdown: dict = {}
     llm = LLM(model, tensor_parallel_size=tp, dtype=args.dtype, max_model_len=args.max_model_len,
               max_num_seqs=max(args.batches), enforce_eager=args.enforce_eager,
               gpu_memory_utilization=0.85, seed=0, **kw)
@@ -57,9 +59,16 @@ def run_tp(model: str, tp: int, args) -> dict:
                 llm.generate(batch, tp_sp, use_tqdm=False)
             speed.append({"batch": b, "tokens_per_s": b * args.max_tokens / t.s})
             print(f"TP={tp} batch={b}: {b * args.max_tokens / t.s:.0f} tok/s")
-        return {"tp": tp, "tokens": tokens, "logprobs": logprobs, "speed": speed}
+        graphs = llm.llm_engine.executor.driver_runner.graphs
+        return {"tp": tp, "tokens": tokens, "logprobs": logprobs, "speed": speed,
+                # All-reduces inside the CUDA graphs: capture worked iff graphs are enabled.
+                "cuda_graphs": graphs.enabled and bool(graphs.graphs),
+                "graph_replays": graphs.num_replays, "shutdown": shutdown}
     finally:
+        t0 = time.perf_counter()
         llm.shutdown()
+        shutdown["seconds"] = time.perf_counter() - t0
+        print(f"TP={tp}: shutdown took {shutdown['seconds']:.2f} s", flush=True)
         del llm
         gc.collect()
         if torch.cuda.is_available():
@@ -109,7 +118,9 @@ def main() -> None:
               f"max |dlogprob| {c['max_abs_logprob_diff_common_prefix']:.3g}, speed-up "
               + ", ".join(f"{s:.2f}x" for s in c["speedup_vs_tp1"]))
     write_json(args.output, {"config": {**run_meta(), **vars(args), "model": model},
-                             "runs": [{k: r[k] for k in ("tp", "speed")} for r in runs],
+                             "runs": [{k: r[k] for k in ("tp", "speed", "cuda_graphs",
+                                                         "graph_replays", "shutdown")}
+                                      for r in runs],
                              "comparisons": cmp})
 
 

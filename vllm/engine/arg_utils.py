@@ -40,6 +40,8 @@ class EngineArgs:
     scv_mode: Optional[str] = None       # None: VLLM_SCV_MODE / platform default
     cpu_kvcache_space_gib: Optional[float] = None
     async_scheduling: Optional[bool] = None   # None: on for CUDA, off on the CPU
+    data_parallel_size: int = 1
+    distributed_init_method: Optional[str] = None   # None (spawn here) or "env://"
 
     def _check(self) -> None:
         def bad(name, why):
@@ -49,7 +51,8 @@ class EngineArgs:
         if not (isinstance(self.gpu_memory_utilization, (int, float))
                 and 0 < self.gpu_memory_utilization <= 1):
             bad("gpu_memory_utilization", "must be in (0, 1]")
-        for name in ("max_num_seqs", "block_size", "tensor_parallel_size"):
+        for name in ("max_num_seqs", "block_size", "tensor_parallel_size",
+                     "data_parallel_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 bad(name, "must be an int >= 1")
@@ -67,6 +70,8 @@ class EngineArgs:
             bad("async_scheduling", "must be a bool or None")
         if self.block_size > 256:
             bad("block_size", "must be <= 256")
+        if self.distributed_init_method not in (None, "env://"):
+            bad("distributed_init_method", "expected None (spawn the workers here) or 'env://'")
 
     def create_config(self) -> tuple[VllmConfig, Any]:
         """Returns (config, tokenizer)."""
@@ -113,7 +118,8 @@ class EngineArgs:
                 self.max_num_seqs, mbt, max_len, self.enable_chunked_prefill,
                 async_scheduling=(device.type == "cuda" if self.async_scheduling is None
                                   else self.async_scheduling)),
-            parallel_config=ParallelConfig(tp),
+            parallel_config=ParallelConfig(tp, self.data_parallel_size,
+                                           self.distributed_init_method),
             speculative_config=spec,
             spec_options=SpecDecodeOptions.resolve(self.nwor_mode, self.scv_mode),
             device=str(device), enforce_eager=self.enforce_eager)
@@ -132,6 +138,12 @@ class EngineArgs:
         p.add_argument("--enforce-eager", action="store_true")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+        p.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                       help="engine replicas (one per GPU, or per tensor-parallel group) "
+                            "behind one server, requests spread by load")
+        p.add_argument("--distributed-init-method", default=None, choices=["env://"],
+                       help="'env://': ranks started by torchrun (RANK, WORLD_SIZE, "
+                            "MASTER_ADDR, MASTER_PORT); see docs/distributed.md")
         p.add_argument("--load-format", default="auto")
         p.add_argument("--speculative-config", type=json.loads, default=None,
                        help="JSON, e.g. '{\"method\": \"ngram\", \"num_speculative_tokens\": 4}'")

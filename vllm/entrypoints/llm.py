@@ -1,6 +1,7 @@
 """The offline API: LLM(...).generate(prompts, sampling_params)."""
 from __future__ import annotations
 
+import weakref
 from typing import Any, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
@@ -34,7 +35,13 @@ class LLM:
             if not hasattr(args, k):
                 raise ValueError(f"LLM got an unknown argument {k!r}")
             setattr(args, k, v)
+        if args.data_parallel_size != 1:
+            raise ValueError("data_parallel_size applies to `vllm serve` (replicas behind one "
+                             "server); for offline use run one LLM per process")
         self.llm_engine = LLMEngine.from_engine_args(args)
+        # Shut the engine (and its worker processes) down when this LLM is collected or at
+        # interpreter exit, also when the user's script raised before calling shutdown().
+        self._finalizer = weakref.finalize(self, self.llm_engine.shutdown)
         self._next_id = 0
 
     def get_tokenizer(self):
@@ -101,4 +108,6 @@ class LLM:
         return metrics_dict(self.llm_engine.stats)
 
     def shutdown(self) -> None:
-        self.llm_engine.shutdown()
+        """Stop the worker processes (tensor parallelism). Idempotent; also runs on its own
+        when this LLM is garbage-collected or the interpreter exits."""
+        self._finalizer()

@@ -140,8 +140,8 @@ def build_app(engine_args: EngineArgs, api_key: Optional[str] = None, *,
     """Load the engine (blocking) and return the app. The engine loop thread starts with the
     app's lifespan and stops (aborting what is still running) when it ends."""
     if engine is None:
-        from vllm.v1.engine.llm_engine import LLMEngine
-        engine = LLMEngine.from_engine_args(engine_args)
+        from vllm.v1.engine.dp_engine import make_serving_engine
+        engine = make_serving_engine(engine_args)   # DPEngine when data_parallel_size > 1
     aengine = AsyncEngine(engine)
     model_name = engine.config.model_config.served_model_name
     max_model_len = engine.max_model_len
@@ -157,7 +157,8 @@ def build_app(engine_args: EngineArgs, api_key: Optional[str] = None, *,
                              limits=limits,
                              trust_request_chat_template=opts.trust_request_chat_template,
                              template_timeout=opts.chat_template_timeout)
-    registry = metrics_mod.make_registry(lambda: [engine.stats])
+    # Data parallelism: the replicas' sum and each replica (label engine="all" / "<i>").
+    registry = metrics_mod.make_registry(getattr(engine, "all_stats", lambda: [engine.stats]))
     created = now()
 
     @asynccontextmanager

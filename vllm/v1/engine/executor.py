@@ -37,7 +37,12 @@ class UniProcExecutor:
 
 
 def make_executor(config: VllmConfig):
-    if config.parallel_config.tensor_parallel_size > 1:
+    pc = config.parallel_config
+    if pc.distributed_init_method == "env://" and pc.tensor_parallel_size > 1:
+        from vllm.v1.engine.tp_remote import rendezvous_env, run_remote_worker
+        if rendezvous_env(pc.tensor_parallel_size)[0] != 0:
+            run_remote_worker(config)       # does not return
+    if pc.tensor_parallel_size > 1:
         from vllm.v1.engine.tp_executor import MultiprocTPExecutor
         return MultiprocTPExecutor(config)
     return UniProcExecutor(config)
