@@ -13,8 +13,8 @@ from vllm.config import VllmConfig
 from vllm.model_executor.layers.linear import default_init_
 from vllm.model_executor.model_loader import loader
 from vllm.model_executor.models.eagle import EagleHead
-from vllm.v1.spec_decode.draft_common import (DraftBatch, greedy_with_confidence,
-                                              trim_at_low_confidence)
+from vllm.v1.spec_decode.draft_common import (DraftBatch, draft_graphs_wanted,
+                                              greedy_with_confidence, trim_at_low_confidence)
 from vllm.v1.worker.kv_cache_alloc import allocate_kv_cache, kv_bytes_per_block
 
 
@@ -61,8 +61,14 @@ class EagleProposer:
                                           self.head_dim, self.dtype, self.device)
         sc = self.config.scheduler_config
         max_blocks = (sc.max_model_len + self.k + self.block_size - 1) // self.block_size + 1
+        hidden_size = self.config.model_config.hidden_size
         self.batch = DraftBatch(min(sc.max_num_seqs * (sc.max_model_len + 1), 1 << 20),
-                                sc.max_num_seqs, max_blocks, self.block_size, self.device)
+                                sc.max_num_seqs, max_blocks, self.block_size, self.device,
+                                hidden_size=hidden_size, dtype=self.dtype)
+        if draft_graphs_wanted(self.config, self.device):
+            head, target, hid = self.head, self.runner.model, self.batch.hidden
+            self.batch.capture(lambda ids, pos, T: head(target.embed(ids), hid[:T], pos),
+                               self.kv_cache, sc.max_num_seqs * (self.k + 1))
 
     def drop(self, req_id: str) -> None:
         for d in (self.stash, self.computed, self.preemptions):
@@ -108,6 +114,13 @@ class EagleProposer:
     def _run(self, items, hidden_rows, tokens=None):
         target = self.runner.model
         head = self.head
+        graphed = self.batch.run_graph(self.kv_cache, items, input_ids=tokens,
+                                       hidden=hidden_rows)
+        if graphed is not None:
+            out, last, _ = graphed
+            feats = out[last]
+            tok, ok = greedy_with_confidence(target.compute_logits(feats), self.threshold)
+            return feats, [tok], [ok]
 
         class _Wrapped(torch.nn.Module):
             def forward(self, input_ids, positions, inputs_embeds=None):
