@@ -30,7 +30,8 @@ fi
 
 if has tests; then
   step 50 python3 -m pytest -q -m cuda -p no:cacheprovider -rf tests/kernels/test_rope_kv_write.py \
-    tests/kernels/test_kv_write.py tests/kernels/test_fused_layers.py > "$R/pytest_kernels.log" 2>&1
+    tests/kernels/test_kv_write.py tests/kernels/test_fused_layers.py \
+    tests/kernels/test_attention_fusion_switch.py > "$R/pytest_kernels.log" 2>&1
   tail -3 "$R/pytest_kernels.log"
   step 70 python3 -m pytest -q -m cuda -p no:cacheprovider -rf \
     tests/v1/spec_decode/test_gpu_draft_graphs.py > "$R/pytest_draft_graphs.log" 2>&1
