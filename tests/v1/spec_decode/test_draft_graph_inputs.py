@@ -2,7 +2,9 @@
 runner that re-runs the captured forward eagerly over the padded rows (what a CUDA graph replay
 computes). This checks what the CPU can check of the CUDA-graph drafting path: padding to a
 capture size, the persistent input ids / positions / EAGLE hidden-state buffers, the previous
-argmax fed on the device, and the eager fallback for batches larger than every size. Greedy
+argmax fed on the device, positions / context lengths / slots advanced on the device from the
+second drafting step on (run_graph_next), and the eager fallback for batches larger than every
+size. Greedy
 output must equal the no-spec output."""
 import tempfile
 
@@ -47,6 +49,14 @@ def test_graph_path_greedy_identical(method, monkeypatch):
            if method == "draft_model" else
            {"method": "eagle", "model": save_random_eagle_head(path, tempfile.mkdtemp()),
             "num_speculative_tokens": 3})
+    advanced = []
+    inner_next = draft_common.DraftBatch.run_graph_next
+
+    def counting_next(self, *a, **kw):
+        out = inner_next(self, *a, **kw)
+        advanced.append(out is not None)
+        return out
+    monkeypatch.setattr(draft_common.DraftBatch, "run_graph_next", counting_next)
     for mode in ("eager", "graph"):
         if mode == "graph":
             monkeypatch.setattr(draft_common.DraftBatch, "graph_runner_cls", EagerReplay)
@@ -66,7 +76,10 @@ def test_graph_path_greedy_identical(method, monkeypatch):
             assert isinstance(g, EagerReplay) and g.captured == [1, 2, 4, 8, 16]
             assert g.num_replays > 0
             assert set(g.replayed) <= {1, 2, 4, 8, 16} and 4 in g.replayed
+            # drafting steps >= 2 advanced positions / slots on the device
+            assert any(advanced)
         else:
-            assert g.num_replays == 0
+            assert g.num_replays == 0 and not any(advanced)
+            advanced.clear()
     # The same drafts, call by call, from the graph path as from the eager path.
     assert drafts["graph"] == drafts["eager"] and any(drafts["eager"])

@@ -48,7 +48,7 @@ if has spec; then
   # SmolLM2 drafting for itself (k=4) at batch 1: drafter CUDA graphs on vs off.
   SPEC="{\"method\":\"draft_model\",\"model\":\"${DRAFT:-SELF}\",\"num_speculative_tokens\":4}"
   if [ -z "$DRAFT" ]; then echo "spec part needs the GGUF; skipped"; else
-  step 50 python3 $KPS "${SMOL[@]}" --batches 1 --modes graph --fusion on --draft-graphs both \
+  step 70 python3 $KPS "${SMOL[@]}" --batches 1 --modes graph --fusion on --draft-graphs both \
     --steps 20 --spec "$SPEC" --output "$R/kps_smollm2_draft.json" > "$R/kps_smollm2_draft.log" 2>&1
   grep -E "^fusion=" "$R/kps_smollm2_draft.log"
   fi

@@ -41,7 +41,16 @@ class DraftBatch:
     def __init__(self, max_tokens: int, max_reqs: int, max_blocks: int, block_size: int,
                  device: torch.device, hidden_size: int = 0, dtype: Optional[torch.dtype] = None):
         self.buffers = InputBuffers(max_tokens, max_reqs, max_blocks, block_size, device)
-        self.graphs = CudaGraphRunner([])
+        self.graphs = self.graph_runner_cls([])
+        self.device = device
+        self.block_size = block_size
+        # Per-request block counts of the last one-token-per-request graph step, for
+        # run_graph_next ([max_reqs] int64 on the device; a pinned host mirror on CUDA).
+        self._nblk = torch.zeros(max_reqs, dtype=torch.int64, device=device)
+        self._nblk_host = torch.zeros(max_reqs, dtype=torch.int64,
+                                      pin_memory=device.type == "cuda")
+        self._nblk_copied = torch.cuda.Event() if device.type == "cuda" else None
+        self._next: Optional[tuple[int, int]] = None     # (R, padded T) for run_graph_next
         # EAGLE: the target's hidden states as a persistent graph input [max graph tokens, H].
         self.hidden = None
         if hidden_size:
@@ -80,6 +89,7 @@ class DraftBatch:
         """Like run, from a captured graph. input_ids [T] (device) replaces the items' token ids
         (drafting steps feed the previous argmax without a host round trip); hidden [T, H]
         fills the EAGLE hidden-state input. Returns None when no graph fits (run eagerly)."""
+        self._next = None
         T = sum(len(t) for _, t, _, _ in items)
         Tp = self.graphs.padded_size(T)
         if Tp is None:
@@ -89,7 +99,39 @@ class DraftBatch:
             self.buffers.input_ids[:T].copy_(input_ids)
         if hidden is not None:
             self.hidden[:T].copy_(hidden)
+        if T == len(items):     # one token per request: the next step can advance on the device
+            R = T
+            if self._nblk_copied is not None:
+                self._nblk_copied.synchronize()     # the previous copy has left the mirror
+            self._nblk_host[:R] = torch.tensor([len(b) for _, _, _, b in items])
+            self._nblk[:R].copy_(self._nblk_host[:R], non_blocking=True)
+            if self._nblk_copied is not None:
+                self._nblk_copied.record()
+            self._next = (R, Tp)
         return self.graphs.replay(Tp)[:T], inp.logits_indices, inp
+
+    def run_graph_next(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None):
+        """The drafting step after a one-token-per-request run_graph (or run_graph_next): every
+        request's single token moves one position on, so positions, context lengths and cache
+        slots advance on the device — no host preparation, no host-to-device copy, no sync.
+        input_ids [R] (device): the previous argmax; hidden [R, H]: EAGLE's features. Returns
+        hidden [R, H] (row r = request r's token), or None (no such previous step: run_graph)."""
+        if self._next is None:
+            return None
+        R, Tp = self._next
+        b, bs = self.buffers, self.block_size
+        pos = b.positions[:R]
+        pos += 1
+        b.context_lens[:R] += 1
+        blk_idx = pos // bs
+        blk = b.block_tables[:R].gather(
+            1, blk_idx.clamp(max=b.max_blocks - 1).unsqueeze(1)).squeeze(1).long()
+        # A position past the request's allocated blocks writes nowhere (as prepare does).
+        b.slot_mapping[:R] = torch.where(blk_idx < self._nblk[:R], blk * bs + pos % bs, -1)
+        b.input_ids[:R].copy_(input_ids)
+        if hidden is not None:
+            self.hidden[:R].copy_(hidden)
+        return self.graphs.replay(Tp)[:R]
 
     def run(self, model, kv_cache: torch.Tensor, items: list[tuple[str, list[int], int, list[int]]],
             inputs_embeds_fn=None):

@@ -96,11 +96,14 @@ class DraftModelProposer:
         toks, oks = [tok], [ok]
         pos = [len(r.token_ids) for r in reqs]
         for step in range(1, self.k):
-            items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
-            # the token ids are filled on the device from the previous step's argmax
-            hidden, last = self._forward(items, input_ids=toks[-1])
-            tok, ok = greedy_with_confidence(self.model.compute_logits(hidden[last]),
-                                             self.threshold)
+            # the token ids are filled on the device from the previous step's argmax; from the
+            # second drafting step on, positions and slots advance on the device too
+            feats = self.batch.run_graph_next(toks[-1]) if step > 1 else None
+            if feats is None:
+                items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
+                hidden, last = self._forward(items, input_ids=toks[-1])
+                feats = hidden[last]
+            tok, ok = greedy_with_confidence(self.model.compute_logits(feats), self.threshold)
             toks.append(tok)
             oks.append(ok)
         drafts = torch.stack(toks, 1).tolist()

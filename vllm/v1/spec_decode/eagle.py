@@ -102,6 +102,14 @@ class EagleProposer:
         feats, toks, oks = self._run(items, torch.cat(hid, 0))
         pos = [len(r.token_ids) - 1 for r in reqs]
         for step in range(1, self.k):
+            nxt = self.batch.run_graph_next(toks[-1], feats) if step > 1 else None
+            if nxt is not None:     # positions and slots advanced on the device
+                feats = nxt.clone()     # the graph's output buffer is reused next replay
+                tok, ok = greedy_with_confidence(self.runner.model.compute_logits(feats),
+                                                 self.threshold)
+                toks.append(tok)
+                oks.append(ok)
+                continue
             items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
             feats, tok, ok = self._run(items, feats, tokens=toks[-1])
             toks.append(tok[0])
