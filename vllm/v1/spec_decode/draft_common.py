@@ -5,7 +5,10 @@ request's block table serves both; the scheduler's lookahead slots hold the draf
 its own speculative tokens. Those K/V are overwritten next step: the drafter's `computed`
 count only ever covers committed tokens (we do not apply NWOR to the drafter's own cache: its
 writes are k tokens of a model far smaller than the target, and the next step needs the
-accepted ones immediately, so staging would add a copy for little saving)."""
+accepted ones immediately, so staging would add a copy for little saving).
+
+On CUDA the drafter's forward replays CUDA graphs (one per token count, CudaGraphRunner) over the
+persistent buffers of DraftBatch; batches larger than every captured size run eagerly."""
 from __future__ import annotations
 
 from typing import Callable, Optional
