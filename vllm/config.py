@@ -92,6 +92,9 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 2048
     enable_chunked_prefill: bool = True
+    # Schedule step n+1 while the GPU runs step n (tokens of step n reach step n+1 on the
+    # device; the host learns them one step later). See docs/architecture.md.
+    async_scheduling: bool = False
 
 
 @dataclass(frozen=True)

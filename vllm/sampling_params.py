@@ -10,9 +10,18 @@ from typing import Any, Optional, Union
 # Temperatures below this are treated as greedy (argmax); dividing by them would overflow anyway.
 _SAMPLING_EPS = 1e-5
 
-# torch.Generator.manual_seed accepts [-2**63, 2**64 - 1].
+# Seeds are int64 (as upstream's API): torch.Generator.manual_seed accepts [-2**63, 2**64 - 1],
+# so the per-choice seeds seed + i of an n > 1 request always stay valid.
 _SEED_MIN = -(1 << 63)
-_SEED_MAX = (1 << 64) - 1
+_SEED_MAX = (1 << 63) - 1
+# top_k beyond any vocabulary (the engine checks the real vocabulary size); keeps it an int32.
+_TOP_K_MAX = (1 << 31) - 1
+# Repetition penalty divides (or multiplies) logits: far from 1 it overflows them to inf/NaN.
+_REP_PENALTY_MIN, _REP_PENALTY_MAX = 0.01, 100.0
+# Per-request bounds on list sizes (each entry costs work every step).
+MAX_STOP_STRINGS = 64
+MAX_STOP_TOKEN_IDS = 1024
+MAX_N = 1024
 
 
 class SamplingType(enum.IntEnum):
@@ -99,8 +108,8 @@ class SamplingParams:
                 raise ValueError(f"{name} must be a bool, got {type(v).__name__} {v!r}")
 
         need_int("n")
-        if self.n < 1:
-            raise ValueError(f"n must be at least 1, got {self.n}")
+        if not 1 <= self.n <= MAX_N:
+            raise ValueError(f"n must be in [1, {MAX_N}], got {self.n}")
         need_int("best_of", optional=True)
         if self.best_of is not None and self.best_of < self.n:
             raise ValueError(f"best_of must be >= n ({self.n}), got {self.best_of}")
@@ -108,26 +117,31 @@ class SamplingParams:
             raise ValueError(f"presence_penalty must be in [-2, 2], got {self.presence_penalty}")
         if not -2.0 <= self.frequency_penalty <= 2.0:
             raise ValueError(f"frequency_penalty must be in [-2, 2], got {self.frequency_penalty}")
-        if not self.repetition_penalty > 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not _REP_PENALTY_MIN <= self.repetition_penalty <= _REP_PENALTY_MAX:
+            raise ValueError(f"repetition_penalty must be in [{_REP_PENALTY_MIN}, "
+                             f"{_REP_PENALTY_MAX:g}], got {self.repetition_penalty}")
         if self.temperature < 0.0:
             raise ValueError(f"temperature must be non-negative, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         need_int("top_k")
-        if self.top_k < -1:
-            raise ValueError(f"top_k must be -1 or 0 (disable) or at least 1, got {self.top_k}")
+        if not -1 <= self.top_k <= _TOP_K_MAX:
+            raise ValueError(f"top_k must be -1 or 0 (disable) or in [1, {_TOP_K_MAX}], got "
+                             f"{self.top_k}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         need_int("seed", optional=True)
         if self.seed is not None and not _SEED_MIN <= self.seed <= _SEED_MAX:
-            raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
+            raise ValueError(f"seed must be a 64-bit signed integer, got {self.seed}")
 
         if self.stop is not None:
             stops = [self.stop] if isinstance(self.stop, str) else self.stop
             if not isinstance(stops, (list, tuple)):
                 raise ValueError(f"stop must be a str or a list of str, got "
                                  f"{type(self.stop).__name__}")
+            if len(stops) > MAX_STOP_STRINGS:
+                raise ValueError(f"stop must have at most {MAX_STOP_STRINGS} strings, got "
+                                 f"{len(stops)}")
             for s in stops:
                 if not isinstance(s, str):
                     raise ValueError(f"stop must contain only str, got {type(s).__name__} {s!r}")
@@ -137,8 +151,11 @@ class SamplingParams:
             if not isinstance(self.stop_token_ids, (list, tuple)):
                 raise ValueError(f"stop_token_ids must be a list of int, got "
                                  f"{type(self.stop_token_ids).__name__}")
+            if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
+                raise ValueError(f"stop_token_ids must have at most {MAX_STOP_TOKEN_IDS} ids, "
+                                 f"got {len(self.stop_token_ids)}")
             for t in self.stop_token_ids:
-                if not _is_int(t) or t < 0:
+                if not _is_int(t) or not 0 <= t <= _TOP_K_MAX:
                     raise ValueError(f"stop_token_ids must contain non-negative ints, got {t!r}")
 
         need_bool("ignore_eos")

@@ -4,122 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import openai
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from models_util import tiny_model
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODEL = "tiny"
-API_KEY = "sk-test-key"
-MAX_MODEL_LEN = 256
-NGRAM = {"method": "ngram", "num_speculative_tokens": 3}
-# Extra fields the openai client forwards as-is: random tiny models emit EOS (id 2) at random,
-# ignoring it makes every length deterministic.
-NO_EOS = {"ignore_eos": True}
-
-
-# ---------------------------------------------------------------------------- server handling
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, model: str, extra_args: list[str], env: dict, log_path: str,
-                 api_key: str | None = None):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.api_key = api_key
-        self.log_path = log_path
-        cmd = [sys.executable, "-m", "vllm.entrypoints.cli", "serve", model,
-               "--host", "127.0.0.1", "--port", str(self.port),
-               "--served-model-name", MODEL, "--max-model-len", str(MAX_MODEL_LEN),
-               "--max-num-seqs", "64", "--seed", "0", "--enforce-eager",
-               "--disable-uvicorn-access-log", *extra_args]
-        if api_key:
-            cmd += ["--api-key", api_key]
-        full_env = dict(os.environ)
-        full_env["PYTHONPATH"] = REPO + os.pathsep + full_env.get("PYTHONPATH", "")
-        full_env.setdefault("VLLM_CPU_KVCACHE_SPACE", "0.25")
-        full_env.update(env)
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=full_env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, cwd=REPO)
-
-    def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-6000:]
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log()}")
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise AssertionError(f"server did not stop within {timeout} s:\n{self.log()}")
-        self._log.close()
-        return self.proc.returncode
-
-    def client(self, **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.api_key or "EMPTY",
-                             max_retries=0, timeout=60, **kw)
-
-    def async_client(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=self.api_key or "EMPTY",
-                                  max_retries=0, timeout=60)
-
-    def headers(self) -> dict:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-    def post(self, path: str, body, **kw) -> requests.Response:
-        data = body if isinstance(body, (str, bytes)) else json.dumps(body)
-        return requests.post(self.url + path, data=data, timeout=60,
-                             headers={"Content-Type": "application/json", **self.headers()},
-                             **kw)
-
-    def metrics(self) -> str:
-        r = requests.get(self.url + "/metrics", timeout=30)
-        assert r.status_code == 200, r.text
-        return r.text
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """Sum of the samples called ``name`` whose labels include ``labels``."""
-    total, found = 0.0, False
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                total += s.value
-                found = True
-    assert found, f"no sample {name} {labels} in /metrics"
-    return total
+from server_util import (API_KEY, MAX_MODEL_LEN, MODEL, NGRAM, NO_EOS, Server, check_error,
+                         metric)
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +226,6 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": MODEL, "prompt": "w1", "n": 0}, "n"),
     ("/v1/completions", {"model": MODEL, "prompt": "w1", "max_tokens": "ten"}, "max_tokens"),
     ("/v1/completions", {"model": MODEL, "prompt": "w1", "logprobs": 1000}, "logprobs"),
-    ("/v1/completions", {"model": "no-such-model", "prompt": "w1"}, "model"),
     ("/v1/completions", {"model": MODEL, "prompt": words(MAX_MODEL_LEN + 10)}, "prompt"),
     ("/v1/completions", {"model": MODEL, "prompt": words(200), "max_tokens": 100},
      "max_tokens"),
@@ -348,23 +243,16 @@ BAD_REQUESTS = [
                                                             "content": "w1"}]}, "messages"),
     ("/v1/chat/completions", {"model": MODEL, "messages": [
         {"role": "user", "content": words(MAX_MODEL_LEN + 10)}]}, "messages"),
+    ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "w1"}],
+                              "chat_template": "{{ 'x' }}"}, "chat_template"),
     ("/v1/completions", "{not json", None),
     ("/v1/completions", "[1, 2]", None),
 ]
 
 
-def _check_error(r: requests.Response, status: int, param=None):
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) >= {"message", "type", "param", "code"}
-    assert err["code"] == status and isinstance(err["message"], str) and err["message"]
-    if param is not None:
-        assert err["param"] == param, err
-
-
 def test_bad_requests_get_400_and_server_keeps_serving(server):
     for path, body, param in BAD_REQUESTS:
-        _check_error(server.post(path, body), 400, param)
+        check_error(server.post(path, body), 400, param)
     r = server.post("/v1/completions", {"model": MODEL, "prompt": "w1 w2", "max_tokens": 2})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
     # The openai client maps them to its exceptions.
@@ -372,12 +260,15 @@ def test_bad_requests_get_400_and_server_keeps_serving(server):
     with pytest.raises(openai.BadRequestError) as ei:
         c.completions.create(model=MODEL, prompt="w1", max_tokens=-3)
     assert ei.value.status_code == 400
-    with pytest.raises(openai.BadRequestError):
+    # An unknown model is 404 model_not_found, as OpenAI answers.
+    check_error(server.post("/v1/completions", {"model": "no-such-model", "prompt": "w1"}),
+                404, "model", code="model_not_found")
+    with pytest.raises(openai.NotFoundError):
         c.chat.completions.create(model="nope", messages=[{"role": "user", "content": "w1"}])
     # Unknown routes / methods.
-    _check_error(requests.get(server.url + "/v1/nothing-here"), 404)
-    _check_error(requests.post(server.url + "/nope", data="{}"), 404)
-    _check_error(requests.get(server.url + "/v1/completions"), 405)
+    check_error(requests.get(server.url + "/v1/nothing-here"), 404)
+    check_error(requests.post(server.url + "/nope", data="{}"), 404)
+    check_error(requests.get(server.url + "/v1/completions"), 405)
     # Still serving.
     r = c.completions.create(model=MODEL, prompt="w1 w2", max_tokens=2, extra_body=NO_EOS)
     assert r.usage.completion_tokens == 2
@@ -443,8 +334,8 @@ def test_api_key(spec_server):
     body = json.dumps({"model": MODEL, "prompt": "w1", "max_tokens": 2})
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_KEY}):
         r = requests.post(s.url + "/v1/completions", data=body, headers=headers)
-        _check_error(r, 401)
-    _check_error(requests.get(s.url + "/v1/models", headers={"Authorization": "Bearer x"}), 401)
+        check_error(r, 401)
+    check_error(requests.get(s.url + "/v1/models", headers={"Authorization": "Bearer x"}), 401)
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=s.url + "/v1", api_key="wrong",
                       max_retries=0).models.list()

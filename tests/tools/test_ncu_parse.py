@@ -231,9 +231,34 @@ def test_microbench_ncu_flow_with_fake_ncu(tmp_path, monkeypatch):
     m = e["ncu_metrics"]
     assert m["dram__bytes_write.sum"] == pytest.approx(118.25e6)
     assert m["kernels"]["kv_write_kernels"]["commit_staged"]["l2_write_sectors"] == 7680
-    assert m["profiled"] == "measured batches only (cudaProfilerStart/Stop)"
+    assert m["profiled"].startswith("kernels pass: measured batches only")
+    # the fake's 3 step ranges vs the engine's own step count: `totals_cover` says which
+    steps = e["engine_steps"]
+    assert steps["warmup"] == 0 and steps["measured"] > 0
+    if steps["measured"] == 3:
+        assert m["totals_cover"].startswith("measured batches only")
+    else:
+        assert m["totals_cover"].startswith("ALL 3 profiled step ranges")
+        assert f"{steps['measured']} measured" in m["totals_cover"]
     run = m["profiled_run"]
     assert run["spec_num_draft_tokens"] == e["spec_num_draft_tokens"]   # same workload
     assert run["kv_bytes_written_model"]["cache_bytes"] == e["kv_bytes_written_model"][
         "cache_bytes"]
     assert os.path.exists(m["steps_csv"]) and os.path.exists(m["kernels_csv"])
+
+
+def test_steps_totals_cover_the_measured_batches_only():
+    """Range replay profiles the warm-up steps too: the first `warmup` ranges are dropped
+    when the engine's counts match the profiled ranges, and `covers` says so either way."""
+    steps = _csv(os.path.join(DATA, "ncu_sample_synthetic_steps.csv"))
+    table = ncu_parse.parse_csv(steps)
+    by_id = {r.id: r.metrics["dram__bytes_write.sum"] for r in table.results}
+    m = ncu.metrics_from_csv(steps, None, steps_drop_first=1, steps_expect=2)
+    assert m["steps"]["count"] == 2 and m["steps"]["dropped_ranges"] == 1
+    assert m["dram__bytes_write.sum"] == pytest.approx(by_id["1"] + by_id["2"])
+    assert m["totals_cover"].startswith("measured batches only")
+    bad = ncu.metrics_from_csv(steps, None, steps_drop_first=1, steps_expect=5)
+    assert bad["steps"]["count"] == 3 and bad["steps"]["dropped_ranges"] == 0
+    assert bad["totals_cover"].startswith("ALL 3 profiled step ranges")
+    plain = ncu.metrics_from_csv(steps, None)
+    assert plain["dram__bytes_write.sum"] == pytest.approx(sum(by_id.values()))

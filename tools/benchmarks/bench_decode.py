@@ -22,6 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
+import gpu_busy  # noqa: E402
 from common import (Timer, kv_bytes_per_token, llama3_8b_folder, run_meta, sync,  # noqa: E402
                     weight_bytes, write_json)
 
@@ -35,7 +36,8 @@ def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[dict]:
 
 
 def run_engine(llm: LLM, batch: int, prompt_len: int, max_tokens: int, seed: int = 0) -> dict:
-    """Steps the engine by hand so prefill and decode steps are timed separately."""
+    """Steps the engine by hand so prefill and decode steps are timed separately; the GPU busy
+    fraction is profiled over 20 decode steps of a separate, identical batch."""
     eng = llm.llm_engine
     vocab = eng.config.model_config.vocab_size
     sp = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
@@ -53,6 +55,15 @@ def run_engine(llm: LLM, batch: int, prompt_len: int, max_tokens: int, seed: int
         eng.step()
         steps.append((time.perf_counter() - t0, eng.stats.generation_tokens - before))
     total = time.perf_counter() - t_all
+    busy = {}
+    if torch.cuda.is_available():
+        for i, p in enumerate(_prompts(batch, prompt_len, vocab, seed + 7)):
+            eng.add_request(f"p{i}", p, sp)
+        for _ in range(4):       # prefill and the first decode steps
+            eng.step()
+        busy = gpu_busy.measure(eng.step, min(20, max_tokens - 8))
+        while eng.has_unfinished_requests():
+            eng.step()
     decode = steps[1:]            # the first step is the prefill of all prompts
     dec_t = sum(t for t, _ in decode)
     dec_tok = sum(n for _, n in decode)
@@ -62,7 +73,8 @@ def run_engine(llm: LLM, batch: int, prompt_len: int, max_tokens: int, seed: int
             "decode_tokens_per_s": dec_tok / dec_t if dec_t else 0.0,
             "ms_per_decode_step_median": 1e3 * statistics.median(t for t, _ in decode),
             "ms_per_decode_step_mean": 1e3 * dec_t / max(len(decode), 1),
-            "prefill_ms": 1e3 * steps[0][0], "num_steps": len(steps)}
+            "prefill_ms": 1e3 * steps[0][0], "num_steps": len(steps),
+            "async_scheduling": eng.async_scheduling, **busy}
 
 
 def _free(llm) -> None:
@@ -88,25 +100,38 @@ def copy_bandwidth() -> float:
 
 
 def part_a(model: str, batches: list[int], max_tokens: int, prompt_len: int,
-           max_model_len: int) -> list[dict]:
+           max_model_len: int, load_format: str = "auto") -> list[dict]:
     out = []
     for graphs in (True, False):
-        llm = LLM(model, enforce_eager=not graphs, max_model_len=max_model_len,
-                  max_num_seqs=max(batches), gpu_memory_utilization=0.5)
-        for b in batches:
-            r = run_engine(llm, b, prompt_len, max_tokens)
-            r["cuda_graphs"] = graphs
-            print(f"[a] smollm2 graphs={graphs} batch={b}: {r['output_tokens_per_s']:.0f} tok/s, "
-                  f"{r['ms_per_decode_step_median']:.3f} ms/step")
-            out.append(r)
-        _free(llm)
+        for asy in (False, True):       # sync vs async side by side, same run
+            llm = LLM(model, enforce_eager=not graphs, max_model_len=max_model_len,
+                      max_num_seqs=max(batches), gpu_memory_utilization=0.5,
+                      async_scheduling=asy, load_format=load_format)
+            for b in batches:
+                r = run_engine(llm, b, prompt_len, max_tokens)
+                r["cuda_graphs"] = graphs
+                print(f"[a] smollm2 graphs={graphs} async={asy} batch={b}: "
+                      f"{r['output_tokens_per_s']:.0f} tok/s, "
+                      f"{r['ms_per_decode_step_median']:.3f} ms/step, "
+                      f"busy {r.get('gpu_busy_fraction') or 0:.2f}, "
+                      f"{r.get('kernels_per_step') or 0:.0f} kernels/step")
+                out.append(r)
+            _free(llm)
     return out
 
 
 def part_b(batches: list[int], max_tokens: int, prompt_len: int, bw: float) -> list[dict]:
+    out = []
+    for asy in (False, True):
+        out += _part_b(batches, max_tokens, prompt_len, bw, asy)
+    return out
+
+
+def _part_b(batches: list[int], max_tokens: int, prompt_len: int, bw: float,
+            asy: bool) -> list[dict]:
     folder = llama3_8b_folder(tempfile.mkdtemp())
     llm = LLM(folder, load_format="dummy", dtype="bfloat16", max_model_len=2048,
-              max_num_seqs=max(batches), gpu_memory_utilization=0.85)
+              max_num_seqs=max(batches), gpu_memory_utilization=0.85, async_scheduling=asy)
     eng = llm.llm_engine
     mc = eng.config.model_config
     wbytes = weight_bytes(eng.executor.driver_runner.model)
@@ -122,7 +147,7 @@ def part_b(batches: list[int], max_tokens: int, prompt_len: int, bw: float) -> l
                   "achieved_bw_bytes_per_s": step_bytes / step_s,
                   "copy_bw_bytes_per_s": bw,
                   "fraction_of_copy_bw": step_bytes / step_s / bw if bw else None})
-        print(f"[b] llama3-8b dummy batch={b}: {r['decode_tokens_per_s']:.0f} tok/s, "
+        print(f"[b] llama3-8b dummy async={asy} batch={b}: {r['decode_tokens_per_s']:.0f} tok/s, "
               f"{r['ms_per_decode_step_median']:.3f} ms/step, "
               f"{100 * (r['fraction_of_copy_bw'] or 0):.1f}% of copy bandwidth")
         out.append(r)
@@ -171,6 +196,8 @@ def main() -> None:
     ap.add_argument("--hf-batches", default="1,32")
     ap.add_argument("--parts", default="a,b,c")
     ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--load-format", default="auto",
+                    help="part a: 'dummy' runs a config folder's shapes with random weights")
     ap.add_argument("--output", default="sweeps/bench_decode.json")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -179,7 +206,8 @@ def main() -> None:
     res["copy_bandwidth_bytes_per_s"] = bw
     if "a" in parts:
         res["smollm2"] = part_a(args.model, [int(x) for x in args.batches.split(",")],
-                                args.max_tokens, args.prompt_len, args.max_model_len)
+                                args.max_tokens, args.prompt_len, args.max_model_len,
+                                args.load_format)
         write_json(args.output, res)
     if "b" in parts:
         res["llama3_8b_dummy"] = part_b([int(x) for x in args.llama_batches.split(",")],

@@ -108,17 +108,20 @@ def main():
     res = {"config": {**run_meta(), **vars(args)}, "rows": []}
     tokenizer = None
     for method in args.methods.split(","):
-        for k in ([0] if method == "none" else ks):
+        # no-spec runs twice, synchronous and asynchronous scheduling; speculative engines
+        # run synchronous steps (the engine logs why).
+        for k, asy in ([(0, False), (0, True)] if method == "none" else [(k, False) for k in ks]):
             spec = None
             if method == "ngram":
                 spec = {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3}
             elif method == "draft_model":
                 spec = {"method": "draft_model", "model": args.model, "num_speculative_tokens": k}
             llm = LLM(args.model, max_model_len=args.max_model_len, max_num_seqs=max(batches),
-                      gpu_memory_utilization=0.4, speculative_config=spec)
+                      gpu_memory_utilization=0.4, speculative_config=spec,
+                      async_scheduling=asy)
             tokenizer = tokenizer or llm.get_tokenizer()
             sets = {"code": render(tokenizer, "code"), "chat": render(tokenizer, "chat")}
-            name = "no-spec" if method == "none" else f"{method}-k{k}"
+            name = ("no-spec" + ("-async" if asy else "")) if method == "none" else f"{method}-k{k}"
             run_engine(name, llm, sets, batches, temps, args.max_tokens, res["rows"])
             llm.shutdown()
             del llm

@@ -141,8 +141,38 @@ def export_csv(ncu: str, report: str, csv_path: str) -> str:
     raise NcuError(f"ncu --import failed ({p.returncode}): {(p.stderr or p.stdout)[-2000:]}")
 
 
-def summarize_steps(table: ncu_parse.NcuTable) -> dict:
-    return ncu_parse.summarize(table, ncu_parse.METRICS)
+def _result_order(r: ncu_parse.NcuResult):
+    try:
+        return (0, int(r.id))
+    except ValueError:
+        return (1, r.id)
+
+
+def summarize_steps(table: ncu_parse.NcuTable, drop_first: int = 0,
+                    expect: Optional[int] = None) -> dict:
+    """Totals over the step ranges. Range replay cannot start at cudaProfilerStart (ncu 2025.3
+    refuses --profile-from-start off there), so the child's warm-up steps are profiled too:
+    drop_first drops that many ranges (results in profiling order, by ID) so the totals cover
+    the measured batches only; expect is how many measured steps the engine counted. `covers`
+    says in words what the totals are over, and whether the counts matched."""
+    res = sorted(table.results, key=_result_order)
+    n = len(res)
+    if expect is not None and n == drop_first + expect:
+        kept = res[drop_first:]
+        covers = (f"measured batches only: {expect} step ranges (the first {drop_first} "
+                  "profiled ranges, the warm-up batches' steps, dropped)")
+    elif expect is not None:
+        kept = res
+        covers = (f"ALL {n} profiled step ranges, warm-up included: they did not match the "
+                  f"engine's {drop_first} warm-up + {expect} measured steps, so none was dropped")
+    else:
+        kept = res
+        covers = f"all {n} profiled step ranges (warm-up batches included, if any ran)"
+    sub = ncu_parse.NcuTable(results=kept, units=table.units, source_units=table.source_units,
+                             metric_names=table.metric_names)
+    s = ncu_parse.summarize(sub, ncu_parse.METRICS)
+    s.update(covers=covers, profiled_ranges=n, dropped_ranges=n - len(kept))
+    return s
 
 
 def summarize_kernels(table: ncu_parse.NcuTable) -> dict:
@@ -162,14 +192,17 @@ def summarize_kernels(table: ncu_parse.NcuTable) -> dict:
     return s
 
 
-def metrics_from_csv(steps_csv: Optional[str], kernels_csv: Optional[str]) -> dict:
+def metrics_from_csv(steps_csv: Optional[str], kernels_csv: Optional[str],
+                     steps_drop_first: int = 0, steps_expect: Optional[int] = None) -> dict:
     """Build a mode's `ncu_metrics` from the two CSV texts (either may be None).
 
     Top-level metric keys (the seed's `ncu_metrics['dram__bytes_write.sum']`) are the totals
-    over whole steps (NVTX ranges) when that pass ran, else over the profiled kernels."""
+    over whole steps (NVTX ranges) when that pass ran, else over the profiled kernels;
+    `totals_cover` says over what exactly (summarize_steps)."""
     out: dict = {}
     if steps_csv is not None:
-        out["steps"] = summarize_steps(ncu_parse.parse_csv(steps_csv))
+        out["steps"] = summarize_steps(ncu_parse.parse_csv(steps_csv), steps_drop_first,
+                                       steps_expect)
     if kernels_csv is not None:
         out["kernels"] = summarize_kernels(ncu_parse.parse_csv(kernels_csv))
     top = out.get("steps") or out.get("kernels")
@@ -177,4 +210,6 @@ def metrics_from_csv(steps_csv: Optional[str], kernels_csv: Optional[str]) -> di
         for m in ncu_parse.METRICS:
             out[m] = top["totals"].get(m)
         out["totals_from"] = "steps" if "steps" in out else "kernels"
+        out["totals_cover"] = (out["steps"]["covers"] if "steps" in out else
+                               "the profiled KV kernels of the measured batches")
     return out

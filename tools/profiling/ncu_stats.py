@@ -77,7 +77,9 @@ def compare(base: dict, nwor: dict, base_label: str = "baseline",
     bmod, nmod = _model(base), _model(nwor)
     if bs and ns:
         lines += ["", f"Whole decode steps (NVTX ranges, app-range replay): {bs['count']} ranges "
-                      f"vs {ns['count']}"]
+                      f"vs {ns['count']}",
+                  f"  {base_label} totals cover: {bs.get('covers', 'all profiled step ranges')}",
+                  f"  {nwor_label} totals cover: {ns.get('covers', 'all profiled step ranges')}"]
         rows = []
         for metric, scale, unit in (("dram__bytes_write.sum", MB, "MB"),
                                     ("dram__bytes_read.sum", MB, "MB"),

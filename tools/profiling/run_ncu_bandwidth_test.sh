@@ -7,7 +7,16 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: tools/profiling/run_ncu_bandwidth_test.sh [extra run_nwor_microbench.py flags...]
+Usage: tools/profiling/run_ncu_bandwidth_test.sh [--quick] [extra run_nwor_microbench.py flags...]
+
+  --quick  one device call end to end (a few minutes on an H100/H200): small size only,
+           T=0.0, SmolLM2-135M shapes with DUMMY weights and CONTROLLED acceptance 0.6
+           (unless TARGET_MODEL is set), 8 requests x 1 batch, no warm-up batch, 8 new tokens,
+           SCV vectorized, eager, KV-write/commit kernels only. Output: OUT=sweeps/ncu_quick.
+
+Whole-step totals (steps pass) cover exactly the measured batches: range replay also profiles
+the warm-up batches' steps, which are dropped by count; each JSON's ncu_metrics.totals_cover
+(and the stats file) says what the totals are over.
 
 Environment (defaults in brackets):
   OUT          output folder                              [sweeps/ncu_analysis]
@@ -30,6 +39,30 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
+QUICK_FLAGS=()
+if [ "${1:-}" = "--quick" ]; then
+  shift
+  OUT=${OUT:-sweeps/ncu_quick} TEMPS=${TEMPS:-0.0} SIZES=${SIZES:-small}
+  SMALL_ARGS=${SMALL_ARGS:-"--scenario synthetic --requests 8 --batches 1 --warmup 0"}
+  MAX_TOKENS=${MAX_TOKENS:-8} SCV_MODE=${SCV_MODE:-vectorized}
+  QUICK_FLAGS=(--enforce-eager --max-model-len 512 --ncu-kernel-regex '_write_kv|_commit_staged'
+               --ncu-timeout "${NCU_TIMEOUT:-200}")
+  if [ -z "${TARGET_MODEL:-}" ]; then
+    # SmolLM2-135M's shapes, config only: weights come from --load-format dummy
+    TARGET_MODEL=${TMPDIR:-/tmp}/smollm2-135m-shapes
+    "$PY" -c "
+import sys
+from transformers import LlamaConfig
+c = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                tie_word_embeddings=True)
+c.architectures = ['LlamaForCausalLM']
+c.save_pretrained(sys.argv[1])" "$TARGET_MODEL"
+    export TARGET_MODEL
+    QUICK_FLAGS+=(--load-format dummy --dtype bfloat16 --acceptance-rate 0.6)
+  fi
+fi
 OUT=${OUT:-sweeps/ncu_analysis}
 TEMPS=${TEMPS:-"0.0 0.7"}
 SIZES=${SIZES:-"small large"}
@@ -54,7 +87,7 @@ for size in $SIZES; do
       # shellcheck disable=SC2086
       "$PY" tools/profiling/run_nwor_microbench.py $WORK --draft-tokens "$K" \
         --max-tokens "$MAX_TOKENS" --temperature "$t" --nwor-modes "$nwor" --scv-modes "$SCV" \
-        --ncu --output "$OUT/${size}_${mode}_t${t}.json" "$@" || rc=1
+        --ncu --output "$OUT/${size}_${mode}_t${t}.json" "${QUICK_FLAGS[@]}" "$@" || rc=1
     done
     if [ -f "$OUT/${size}_baseline_t${t}.json" ] && [ -f "$OUT/${size}_nwor_t${t}.json" ]; then
       "$PY" tools/profiling/ncu_stats.py "$OUT/${size}_baseline_t${t}.json" \

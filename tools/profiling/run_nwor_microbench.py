@@ -227,12 +227,14 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
             return out
 
         label = f"nwor={nwor} scv={scv}"
+        steps0 = eng.stats.num_steps
         t_w = time.perf_counter()
         for b in all_batches[:args.warmup]:
             llm.generate(b, params(len(b)), use_tqdm=False)
             progress.update(1, f"{label} warmup")
         _sync()
         warmup_s = time.perf_counter() - t_w
+        steps_w = eng.stats.num_steps
         before = llm.get_metrics_dict()
         if profile_measured and torch.cuda.is_available():
             torch.cuda.profiler.start()          # cudaProfilerStart: ncu --profile-from-start off
@@ -249,6 +251,7 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
         if profile_measured and torch.cuda.is_available():
             torch.cuda.profiler.stop()
         m = _delta(before, llm.get_metrics_dict())
+        engine_steps = {"warmup": steps_w - steps0, "measured": eng.stats.num_steps - steps_w}
         geometry = byte_model.geometry_from_config(eng.config.model_config,
                                                    models["tensor_parallel_size"])
         scv_effective = eng.stats.scv_mode
@@ -256,8 +259,10 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
     finally:
         llm.shutdown()
         del llm
-    return per_mode_entry(args, nwor, scv, scv_effective, m, geometry, lat, toks, init_s,
-                          warmup_s)
+    entry = per_mode_entry(args, nwor, scv, scv_effective, m, geometry, lat, toks, init_s,
+                           warmup_s)
+    entry["engine_steps"] = engine_steps
+    return entry
 
 
 def per_mode_entry(args, nwor, scv, scv_effective, m: dict, geometry: dict, lat: list,
@@ -346,8 +351,11 @@ def run_ncu_for_mode(args, models: dict, nwor: str, scv: str, ncu_path: str, pas
     app = [sys.executable] + _child_argv(args, models, nwor, scv, child_json)
     from_start = args.ncu_profile_warmup or models["tensor_parallel_size"] > 1
     csvs: dict = {"steps": None, "kernels": None}
-    info: dict = {"passes": passes, "profiled": "all batches (warmup included)" if from_start
-                  else "measured batches only (cudaProfilerStart/Stop)"}
+    info: dict = {"passes": passes, "profiled": (
+        "all batches (warmup included)" if from_start else
+        "kernels pass: measured batches only (cudaProfilerStart/Stop); steps pass: every step "
+        "range (range replay ignores cudaProfilerStart), warm-up ranges dropped from the "
+        "totals when the counts match (steps.covers says)")}
     for ps in passes:
         report = os.path.join(ncu_dir, f"{tag}_{ps}")
         if ps == "steps":
@@ -362,11 +370,17 @@ def run_ncu_for_mode(args, models: dict, nwor: str, scv: str, ncu_path: str, pas
         csvs[ps] = ncu.export_csv(ncu_path, report, report + ".csv")
         info[f"{ps}_command"] = " ".join(cmd)
         info[f"{ps}_csv"] = report + ".csv"
-    out = ncu.metrics_from_csv(csvs["steps"], csvs["kernels"])
-    out.update(info, nvtx_include=args.ncu_nvtx_include, kernel_regex=args.ncu_kernel_regex)
+    child = None
     if os.path.exists(child_json):                 # the profiled run's own counters
         with open(child_json) as f:
             child = json.load(f)["summary"]["per_mode"][0]
+    steps = (child or {}).get("engine_steps") or {}
+    # ncu_launch_count may cap the ranges: then the counts cannot match and nothing is dropped
+    out = ncu.metrics_from_csv(csvs["steps"], csvs["kernels"],
+                               steps_drop_first=steps.get("warmup", 0),
+                               steps_expect=steps.get("measured"))
+    out.update(info, nvtx_include=args.ncu_nvtx_include, kernel_regex=args.ncu_kernel_regex)
+    if child is not None:
         out["profiled_run"] = {k: child.get(k) for k in (
             "spec_num_drafts", "spec_num_draft_tokens", "spec_num_accepted_tokens",
             "nwor_tokens_staged", "nwor_tokens_committed", "kv_bytes_written_model",

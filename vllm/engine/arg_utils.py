@@ -39,6 +39,7 @@ class EngineArgs:
     nwor_mode: Optional[str] = None      # None: VLLM_NWOR_MODE
     scv_mode: Optional[str] = None       # None: VLLM_SCV_MODE / platform default
     cpu_kvcache_space_gib: Optional[float] = None
+    async_scheduling: Optional[bool] = None   # None: on for CUDA, off on the CPU
 
     def _check(self) -> None:
         def bad(name, why):
@@ -62,6 +63,8 @@ class EngineArgs:
             bad("load_format", "expected 'auto', 'dummy', 'safetensors' or 'gguf'")
         if not isinstance(self.enforce_eager, bool):
             bad("enforce_eager", "must be a bool")
+        if self.async_scheduling is not None and not isinstance(self.async_scheduling, bool):
+            bad("async_scheduling", "must be a bool or None")
         if self.block_size > 256:
             bad("block_size", "must be <= 256")
 
@@ -106,8 +109,10 @@ class EngineArgs:
             cache_config=CacheConfig(self.block_size, self.gpu_memory_utilization,
                                      self.num_gpu_blocks_override, self.enable_prefix_caching,
                                      cpu_space),
-            scheduler_config=SchedulerConfig(self.max_num_seqs, mbt, max_len,
-                                             self.enable_chunked_prefill),
+            scheduler_config=SchedulerConfig(
+                self.max_num_seqs, mbt, max_len, self.enable_chunked_prefill,
+                async_scheduling=(device.type == "cuda" if self.async_scheduling is None
+                                  else self.async_scheduling)),
             parallel_config=ParallelConfig(tp),
             speculative_config=spec,
             spec_options=SpecDecodeOptions.resolve(self.nwor_mode, self.scv_mode),
@@ -135,6 +140,9 @@ class EngineArgs:
         p.add_argument("--num-gpu-blocks-override", type=int, default=None)
         p.add_argument("--served-model-name", default=None)
         p.add_argument("--device", default=None)
+        p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                       help="schedule the next step while the GPU runs this one (default: on "
+                            "for CUDA)")
         return p
 
     @classmethod

@@ -40,7 +40,26 @@ class ServeSubcommand(CLISubcommand):
         return run_server(args)
 
 
-SUBCOMMANDS: list[CLISubcommand] = [ServeSubcommand()]
+class BenchSubcommand(CLISubcommand):
+    name = "bench"
+    help = "Benchmarks: `vllm bench serve` loads a running server."
+
+    def add_parser(self, subparsers) -> argparse.ArgumentParser:
+        from vllm.benchmarks import serve as bench_serve
+        p = super().add_parser(subparsers)
+        sub = p.add_subparsers(dest="bench_type", metavar="BENCH", required=True)
+        sp = sub.add_parser("serve", help="throughput and latency of an OpenAI-compatible "
+                                          "server under load", description=bench_serve.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        bench_serve.add_cli_args(sp)
+        return p
+
+    def run(self, args: argparse.Namespace) -> int:
+        from vllm.benchmarks import serve as bench_serve
+        return bench_serve.main(args)
+
+
+SUBCOMMANDS: list[CLISubcommand] = [ServeSubcommand(), BenchSubcommand()]
 
 
 def register(cmd: CLISubcommand) -> None:

@@ -74,7 +74,18 @@ class LLM:
         bar = tqdm(total=len(ids), desc="Processed prompts", disable=not use_tqdm)
         try:
             while eng.has_unfinished_requests():
-                for out in eng.step():
+                try:
+                    outs = eng.step()
+                except Exception as e:
+                    # Leave the engine clean for the next call (nothing of ours left waiting
+                    # for ever), then report: blamed requests by name, else the step's error.
+                    failed = eng.fail_step_requests(e) or {}
+                    eng.abort_request(ids)
+                    if failed:
+                        raise RuntimeError("; ".join(f"request {rid} failed: {why}"
+                                                     for rid, why in failed.items())) from e
+                    raise
+                for out in outs:
                     if out.finished:
                         done[out.request_id] = out
                         bar.update(1)

@@ -23,7 +23,9 @@ class RequestStatus(enum.Enum):
                         RequestStatus.FINISHED_ABORTED)
 
 
-@dataclass
+# eq=False: requests compare by identity. Field-wise __eq__ made every deque.remove() compare
+# token lists, and removing many waiting requests quadratic.
+@dataclass(eq=False)
 class Request:
     request_id: str
     prompt_token_ids: list[int]
@@ -37,6 +39,9 @@ class Request:
     block_ids: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
     spec_token_ids: list[int] = field(default_factory=list)   # drafts for the next step
+    # Sampling steps scheduled whose token the host has not applied yet (asynchronous
+    # scheduling keeps up to two: one running on the GPU, one being scheduled).
+    num_inflight: int = 0
     stop_reason: Optional[object] = None
     num_preemptions: int = 0
     num_cached_tokens: int = 0

@@ -39,6 +39,10 @@ class EngineDeadError(RuntimeError):
     """The engine loop is not running (it failed, or the server is shutting down)."""
 
 
+class RequestFailedError(RuntimeError):
+    """This request (alone) failed inside the engine; the others carried on."""
+
+
 class RequestStream:
     """The outputs of one HTTP request's engine requests (one per prompt), in arrival order.
 
@@ -239,8 +243,10 @@ class AsyncEngine:
         try:
             outs = self.engine.step(stream=True)
         except Exception as e:  # noqa: BLE001
-            # Fail everything in flight; the engine stays up for the next requests (if the
-            # abort itself fails, the loop dies and /health reports it).
+            if self._fail_culprits(e, deliveries):
+                return
+            # Nobody to blame: fail everything in flight; the engine stays up for the next
+            # requests (if the abort itself fails, the loop dies and /health reports it).
             logger.exception("engine step failed; aborting %d request(s)", len(self._streams))
             self._abort_all(deliveries, RuntimeError(f"engine step failed: {e!r}"))
             return
@@ -251,6 +257,31 @@ class AsyncEngine:
             if out.finished:
                 del self._streams[out.request_id]
             deliveries.append((stream, (OUTPUT, out)))
+
+    def _fail_culprits(self, exc: Exception, deliveries) -> bool:
+        """Fault isolation: if the engine can pin the failed step on some requests, fail only
+        their streams (and their sibling prompts); True when it did."""
+        pin = getattr(self.engine, "fail_step_requests", None)
+        if pin is None:
+            return False
+        try:
+            failed = pin(exc)
+        except Exception:  # noqa: BLE001 - isolation failed: fall back to failing everyone
+            logger.exception("could not isolate the failed engine step")
+            return False
+        if not failed:
+            return False
+        logger.error("engine step failed (%r); failing %d request(s) it belongs to, the "
+                     "other %d continue", exc, len(failed), len(self._streams) - len(failed))
+        for rid, why in failed.items():
+            stream = self._streams.pop(rid, None)
+            if stream is None:
+                continue
+            siblings = [i for i in stream.request_ids if self._streams.get(i) is stream]
+            self._apply_abort(siblings)
+            deliveries.append((stream, (ERROR, RequestFailedError(
+                f"request {rid} failed in the engine: {why}"))))
+        return True
 
     def _deliver(self, deliveries) -> None:
         if not deliveries or self._loop is None:

@@ -7,17 +7,21 @@ a non-empty ``logit_bias``, ``best_of`` > n, non-text chat content) get a 400.
 """
 from __future__ import annotations
 
+import copy
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
-from vllm.sampling_params import SamplingParams
+from vllm.sampling_params import MAX_STOP_STRINGS, SamplingParams
 
 MAX_LOGPROBS = 20
 
 _ERROR_TYPES = {
     400: "BadRequestError",
+    408: "RequestTimeoutError",
+    415: "UnsupportedMediaTypeError",
     401: "AuthenticationError",
     404: "NotFoundError",
     405: "MethodNotAllowedError",
@@ -32,21 +36,36 @@ class OpenAIError(Exception):
     """An error answered as ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(self, message: str, status: int = 400, param: Optional[str] = None,
-                 type: Optional[str] = None):
+                 type: Optional[str] = None, code: Union[int, str, None] = None):
         super().__init__(message)
         self.message = message
         self.status = status
         self.param = param
         self.type = type or _ERROR_TYPES.get(status, "Error")
+        self.code = code
 
     def body(self) -> dict:
-        return error_body(self.message, self.status, self.param, self.type)
+        return error_body(self.message, self.status, self.param, self.type, self.code)
 
 
 def error_body(message: str, status: int = 400, param: Optional[str] = None,
-               type: Optional[str] = None) -> dict:
-    return {"error": {"message": message, "type": type or _ERROR_TYPES.get(status, "Error"),
-                      "param": param, "code": status}}
+               type: Optional[str] = None, code: Union[int, str, None] = None) -> dict:
+    """OpenAI's error object; ``code`` is the HTTP status unless a specific one (as OpenAI's
+    "model_not_found") is given."""
+    return {"error": {"message": _printable(message),
+                      "type": type or _ERROR_TYPES.get(status, "Error"),
+                      "param": None if param is None else _printable(param),
+                      "code": status if code is None else code}}
+
+
+def _printable(s: str) -> str:
+    """Text that can be encoded as UTF-8: an error about a lone surrogate must not carry it
+    (the response itself would fail to encode)."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def bad_request(message: str, param: Optional[str] = None) -> OpenAIError:
@@ -71,7 +90,28 @@ def param_from_error(msg: str, aliases: Optional[dict] = None) -> Optional[str]:
     return head
 
 
-# ---------------------------------------------------------------------------- field readers
+# ---------------------------------------------------------------------------- the schema
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_JSON_DEPTH = 32          # OpenAI bodies nest 5 deep at most (tools' JSON schemas a bit more)
+MAX_STOP_TOKEN_IDS = 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the edge checks requests against: the model's and the server's sizes."""
+    vocab_size: int = (1 << 31) - 1
+    max_model_len: int = 1 << 20
+    max_n: int = 128                 # choices per prompt
+    max_seqs_per_request: int = 256  # n x prompts (--max-num-seqs)
+    max_log_len: Optional[int] = None
+
+
+def short(v: Any, limit: int = 64) -> str:
+    """repr() for error messages, cut: a request's own huge value is not echoed back."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit] + f"...({len(r)} chars)"
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -80,85 +120,169 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-class _Reader:
-    """Typed access to a JSON object's fields; a wrong type is a 400 naming the field.
-    ``null`` reads as "not given" (the default)."""
+Bound = Union[None, int, float, Callable[[Limits], Union[int, float]]]
 
-    def __init__(self, body: dict):
-        self.body = body
 
-    def _raw(self, name):
-        return self.body.get(name)
+@dataclass(frozen=True)
+class F:
+    """One request field: its JSON kind, default and bounds (numbers, or functions of the
+    Limits). ``null`` reads as "not given". A violation is a 400 naming the field.
 
-    def int(self, name: str, default=None, min_value=None, max_value=None):
-        v = self._raw(name)
+    kinds: int, num (finite number), bool, str, obj (JSON object), stop (a string or a list
+    of non-empty strings), ids (a list of token ids in [0, vocab), at most ``hi`` of them).
+    """
+    name: str
+    kind: str
+    default: Any = None
+    lo: Bound = None
+    hi: Bound = None
+    lo_open: bool = False
+
+    def bound(self, b: Bound, limits: Limits):
+        return b(limits) if callable(b) else b
+
+    def read(self, body: dict, limits: Limits):
+        v = body.get(self.name)
         if v is None:
-            return default
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        if not _is_int(v):
-            raise bad_request(f"{name} must be an integer, got {type(v).__name__} {v!r}", name)
-        if min_value is not None and v < min_value:
-            raise bad_request(f"{name} must be >= {min_value}, got {v}", name)
-        if max_value is not None and v > max_value:
-            raise bad_request(f"{name} must be <= {max_value}, got {v}", name)
+            return copy.copy(self.default)
+        name = self.name
+        lo, hi = self.bound(self.lo, limits), self.bound(self.hi, limits)
+        if self.kind == "int":
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if not _is_int(v):
+                raise bad_request(f"{name} must be an integer, got {type(v).__name__} "
+                                  f"{short(v)}", name)
+        elif self.kind == "num":
+            if not _is_num(v) or not math.isfinite(v):
+                raise bad_request(f"{name} must be a finite number, got {type(v).__name__} "
+                                  f"{short(v)}", name)
+            v = float(v)
+        elif self.kind == "bool":
+            if not isinstance(v, bool):
+                raise bad_request(f"{name} must be a boolean, got {type(v).__name__} "
+                                  f"{short(v)}", name)
+            return v
+        elif self.kind == "str":
+            if not isinstance(v, str):
+                raise bad_request(f"{name} must be a string, got {type(v).__name__}", name)
+            return v
+        elif self.kind == "obj":
+            if not isinstance(v, dict):
+                raise bad_request(f"{name} must be an object, got {type(v).__name__}", name)
+            return v
+        elif self.kind == "stop":
+            if isinstance(v, str):
+                v = [v]
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise bad_request(f"{name} must be a string or a list of strings", name)
+            if any(x == "" for x in v):
+                raise bad_request(f"{name} must not contain empty strings", name)
+            if len(v) > MAX_STOP_STRINGS:
+                raise bad_request(f"{name} must have at most {MAX_STOP_STRINGS} strings", name)
+            return list(v)
+        elif self.kind == "ids":
+            return check_token_ids(v, name, limits.vocab_size, hi)
+        else:
+            raise AssertionError(self.kind)
+        if lo is not None and (v <= lo if self.lo_open else v < lo):
+            raise bad_request(f"{name} must be {'>' if self.lo_open else '>='} {lo}, got {v}",
+                              name)
+        if hi is not None and v > hi:
+            raise bad_request(f"{name} must be <= {hi}, got {v}", name)
         return v
 
-    def num(self, name: str, default=None, min_value=None, max_value=None):
-        v = self._raw(name)
-        if v is None:
-            return default
-        if not _is_num(v):
-            raise bad_request(f"{name} must be a number, got {type(v).__name__} {v!r}", name)
-        if min_value is not None and v < min_value:
-            raise bad_request(f"{name} must be >= {min_value}, got {v}", name)
-        if max_value is not None and v > max_value:
-            raise bad_request(f"{name} must be <= {max_value}, got {v}", name)
-        return float(v)
 
-    def bool(self, name: str, default=None):
-        v = self._raw(name)
-        if v is None:
-            return default
-        if not isinstance(v, bool):
-            raise bad_request(f"{name} must be a boolean, got {type(v).__name__} {v!r}", name)
-        return v
+def check_token_ids(v: Any, name: str, vocab_size: int, max_len: Optional[int] = None
+                    ) -> list[int]:
+    if not isinstance(v, list) or not all(_is_int(t) for t in v):
+        raise bad_request(f"{name} must be a list of integers (token ids)", name)
+    if max_len is not None and len(v) > max_len:
+        raise bad_request(f"{name} must have at most {max_len} token ids, got {len(v)}", name)
+    bad = next((t for t in v if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise bad_request(f"{name} must hold token ids in [0, {vocab_size}) (the model's "
+                          f"vocabulary), got {short(bad)}", name)
+    return list(v)
 
-    def str(self, name: str, default=None):
-        v = self._raw(name)
-        if v is None:
-            return default
-        if not isinstance(v, str):
-            raise bad_request(f"{name} must be a string, got {type(v).__name__}", name)
-        return v
 
-    def dict(self, name: str, default=None):
-        v = self._raw(name)
-        if v is None:
-            return default
-        if not isinstance(v, dict):
-            raise bad_request(f"{name} must be an object, got {type(v).__name__}", name)
-        return v
+def read_fields(obj: Any, fields: tuple[F, ...], limits: Limits) -> None:
+    """Set obj.<name> for each field of the schema, read from obj.body."""
+    for f in fields:
+        setattr(obj, f.name, f.read(obj.body, limits))
 
-    def stop(self, name: str = "stop") -> list[str]:
-        v = self._raw(name)
-        if v is None:
-            return []
+
+# The endpoints' schemas (fields either endpoint accepts; unknown fields are ignored).
+COMMON_FIELDS: tuple[F, ...] = (
+    F("model", "str"),
+    F("n", "int", 1, 1, lambda lim: lim.max_n),
+    F("best_of", "int", None, 1, lambda lim: lim.max_n),
+    F("temperature", "num", 1.0, 0.0, 100.0),
+    F("top_p", "num", 1.0, 0.0, 1.0, lo_open=True),
+    F("top_k", "int", 0, -1, lambda lim: lim.vocab_size),
+    F("min_p", "num", 0.0, 0.0, 1.0),
+    F("seed", "int", None, INT64_MIN, INT64_MAX),
+    F("stop", "stop", []),
+    F("stop_token_ids", "ids", [], hi=MAX_STOP_TOKEN_IDS),
+    F("presence_penalty", "num", 0.0, -2.0, 2.0),
+    F("frequency_penalty", "num", 0.0, -2.0, 2.0),
+    F("repetition_penalty", "num", 1.0, 0.01, 100.0),
+    F("min_tokens", "int", 0, 0, lambda lim: lim.max_model_len),
+    F("ignore_eos", "bool", False),
+    F("include_stop_str_in_output", "bool", False),
+    F("skip_special_tokens", "bool", True),
+    F("stream", "bool", False),
+    F("stream_options", "obj"),
+    F("user", "str"),
+    F("logit_bias", "obj"),
+)
+COMPLETION_FIELDS: tuple[F, ...] = COMMON_FIELDS + (
+    F("max_tokens", "int", None, 1, INT64_MAX),
+    F("logprobs", "int", None, 0, MAX_LOGPROBS),
+    F("echo", "bool", False),
+    F("add_special_tokens", "bool", True),
+    F("suffix", "str"),
+)
+CHAT_FIELDS: tuple[F, ...] = COMMON_FIELDS + (
+    F("max_tokens", "int", None, 1, INT64_MAX),
+    F("max_completion_tokens", "int", None, 1, INT64_MAX),
+    F("logprobs", "bool", False),
+    F("top_logprobs", "int", None, 0, MAX_LOGPROBS),
+    F("add_generation_prompt", "bool", True),
+    F("continue_final_message", "bool", False),
+    F("add_special_tokens", "bool", False),
+    F("chat_template", "str"),
+    F("chat_template_kwargs", "obj", {}),
+)
+
+
+def check_json_tree(obj: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """Every string (keys too) must be valid Unicode text (no lone surrogates: JSON's
+    ``\\ud800`` escapes decode to them and cannot be encoded again), and nesting is bounded.
+    Iterative: a deep body cannot exhaust the stack. The 400 names the top-level field."""
+    stack = [(obj, 0, None)]
+    while stack:
+        v, depth, top = stack.pop()
+        if depth > max_depth:
+            raise bad_request(f"the JSON body nests deeper than {max_depth} levels", top)
         if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-            raise bad_request(f"{name} must be a string or a list of strings", name)
-        if any(s == "" for s in v):
-            raise bad_request(f"{name} must not contain empty strings", name)
-        return list(v)
+            _check_text(v, top)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                name = k if top is None else top
+                _check_text(k, name if top is not None else None)
+                stack.append((x, depth + 1, name))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1, top) for x in v)
 
-    def int_list(self, name: str) -> list[int]:
-        v = self._raw(name)
-        if v is None:
-            return []
-        if not isinstance(v, list) or not all(_is_int(t) and t >= 0 for t in v):
-            raise bad_request(f"{name} must be a list of non-negative integers", name)
-        return list(v)
+
+def _check_text(s: str, param: Optional[str]) -> None:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise bad_request(f"{param or 'the body'} must be valid UTF-8 text: {e.reason} at "
+                          f"character {e.start}", param if param and param.isidentifier()
+                          else None) from None
 
 
 @dataclass
@@ -188,47 +312,29 @@ class _SamplingFields:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     stream: bool = False
-    stream_options: Optional[StreamOptions] = None
+    stream_options: Any = None               # the JSON object, then a StreamOptions
     num_logprobs: Optional[int] = None       # what SamplingParams.logprobs gets
     user: Optional[str] = None
+    best_of: Optional[int] = None
+    logit_bias: Optional[dict] = None
+    body: dict = field(default_factory=dict)
 
-    def _read_common(self, r: _Reader) -> None:
-        self.model = r.str("model")
-        self.n = r.int("n", 1, min_value=1, max_value=128)
-        self.temperature = r.num("temperature", 1.0, min_value=0.0)
-        self.top_p = r.num("top_p", 1.0)
-        if not 0.0 < self.top_p <= 1.0:
-            raise bad_request(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
-        self.top_k = r.int("top_k", 0, min_value=-1)
-        self.min_p = r.num("min_p", 0.0, min_value=0.0, max_value=1.0)
-        self.seed = r.int("seed")
-        self.stop = r.stop("stop")
-        self.stop_token_ids = r.int_list("stop_token_ids")
-        self.presence_penalty = r.num("presence_penalty", 0.0, min_value=-2.0, max_value=2.0)
-        self.frequency_penalty = r.num("frequency_penalty", 0.0, min_value=-2.0, max_value=2.0)
-        self.repetition_penalty = r.num("repetition_penalty", 1.0)
-        if self.repetition_penalty <= 0:
-            raise bad_request("repetition_penalty must be > 0", "repetition_penalty")
-        self.min_tokens = r.int("min_tokens", 0, min_value=0)
-        self.ignore_eos = r.bool("ignore_eos", False)
-        self.include_stop_str_in_output = r.bool("include_stop_str_in_output", False)
-        self.skip_special_tokens = r.bool("skip_special_tokens", True)
-        self.stream = r.bool("stream", False)
-        so = r.dict("stream_options")
-        if so is not None:
+    def _check_common(self, body: dict, limits: Limits) -> None:
+        """Cross-field rules (each field's own bounds are the schema's)."""
+        if self.stream_options is not None:
             if not self.stream:
                 raise bad_request("stream_options can only be given when stream is true",
                                   "stream_options")
-            sr = _Reader(so)
+            so = self.stream_options
+            for k in ("include_usage", "continuous_usage_stats"):
+                if so.get(k) is not None and not isinstance(so.get(k), bool):
+                    raise bad_request(f"stream_options.{k} must be a boolean", "stream_options")
             self.stream_options = StreamOptions(
-                include_usage=bool(sr.bool("include_usage", False)),
-                continuous_usage_stats=bool(sr.bool("continuous_usage_stats", False)))
-        self.user = r.str("user")
-        lb = r.dict("logit_bias")
-        if lb:
+                include_usage=bool(so.get("include_usage")),
+                continuous_usage_stats=bool(so.get("continuous_usage_stats")))
+        if self.logit_bias:
             raise bad_request("logit_bias is not supported", "logit_bias")
-        best_of = r.int("best_of")
-        if best_of is not None and best_of != self.n:
+        if self.best_of is not None and self.best_of != self.n:
             raise bad_request("best_of != n is not supported", "best_of")
 
     @property
@@ -286,27 +392,31 @@ class CompletionRequest(_SamplingFields):
     echo: bool = False
     add_special_tokens: bool = True
 
+    suffix: Optional[str] = None
+    logprobs: Optional[int] = None
+
     @classmethod
-    def parse(cls, body: Any) -> "CompletionRequest":
+    def parse(cls, body: Any, limits: Limits = Limits()) -> "CompletionRequest":
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
-        r = _Reader(body)
-        req = cls()
-        req._read_common(r)
-        req.max_tokens = r.int("max_tokens", None, min_value=1)
-        lp = r.int("logprobs", None, min_value=0, max_value=MAX_LOGPROBS)
-        req.num_logprobs = lp
-        req.echo = r.bool("echo", False)
-        req.add_special_tokens = r.bool("add_special_tokens", True)
-        if body.get("suffix") not in (None, ""):
+        req = cls(body=body)
+        read_fields(req, COMPLETION_FIELDS, limits)
+        req._check_common(body, limits)
+        req.num_logprobs = req.logprobs
+        if req.suffix:
             raise bad_request("suffix is not supported", "suffix")
-        if req.echo and lp is not None:
+        if req.echo and req.logprobs is not None:
             raise bad_request("echo together with logprobs is not supported", "echo")
-        req.prompts = _parse_prompt(body.get("prompt"))
+        req.prompts = _parse_prompt(body.get("prompt"), limits)
+        total = len(req.prompts) * req.n
+        if total > limits.max_seqs_per_request:
+            raise bad_request(f"this request asks for {total} sequences ({len(req.prompts)} "
+                              f"prompt(s) x n={req.n}); the server allows at most "
+                              f"{limits.max_seqs_per_request} per request", "n")
         return req
 
 
-def _parse_prompt(p: Any) -> list[PromptInput]:
+def _parse_prompt(p: Any, limits: Limits = Limits()) -> list[PromptInput]:
     if p is None:
         raise bad_request("prompt is required", "prompt")
     if isinstance(p, str):
@@ -320,11 +430,14 @@ def _parse_prompt(p: Any) -> list[PromptInput]:
     else:
         raise bad_request("prompt must be a string, a list of strings, a list of token ids or a "
                           "list of lists of token ids", "prompt")
+    if len(prompts) > limits.max_seqs_per_request:
+        raise bad_request(f"prompt must hold at most {limits.max_seqs_per_request} prompts "
+                          f"(--max-num-seqs), got {len(prompts)}", "prompt")
     for x in prompts:
         if len(x) == 0:
             raise bad_request("prompt must not be empty", "prompt")
-        if isinstance(x, list) and any(t < 0 for t in x):
-            raise bad_request("prompt token ids must be non-negative", "prompt")
+        if isinstance(x, list):
+            check_token_ids(x, "prompt", limits.vocab_size)
     return prompts
 
 
@@ -346,32 +459,29 @@ class ChatCompletionRequest(_SamplingFields):
     # SamplingParams' logprobs is the chat request's top_logprobs.
     PARAM_ALIASES = {"logprobs": "top_logprobs"}
 
+    max_completion_tokens: Optional[int] = None
+
     @classmethod
-    def parse(cls, body: Any) -> "ChatCompletionRequest":
+    def parse(cls, body: Any, limits: Limits = Limits()) -> "ChatCompletionRequest":
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
-        r = _Reader(body)
-        req = cls()
-        req._read_common(r)
-        mct = r.int("max_completion_tokens", None, min_value=1)
-        mt = r.int("max_tokens", None, min_value=1)
-        req.max_tokens = mct if mct is not None else mt
-        req.logprobs = r.bool("logprobs", False)
-        req.top_logprobs = r.int("top_logprobs", None, min_value=0, max_value=MAX_LOGPROBS)
+        req = cls(body=body)
+        read_fields(req, CHAT_FIELDS, limits)
+        req._check_common(body, limits)
+        if req.max_completion_tokens is not None:
+            req.max_tokens = req.max_completion_tokens
         if req.top_logprobs and not req.logprobs:
             raise bad_request("top_logprobs requires logprobs to be true", "top_logprobs")
         req.num_logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        req.add_generation_prompt = r.bool("add_generation_prompt", True)
-        req.continue_final_message = r.bool("continue_final_message", False)
         if req.add_generation_prompt and req.continue_final_message and \
                 body.get("add_generation_prompt") is True:
             raise bad_request("add_generation_prompt and continue_final_message cannot both "
                               "be true", "continue_final_message")
         if req.continue_final_message:
             req.add_generation_prompt = False
-        req.add_special_tokens = r.bool("add_special_tokens", False)
-        req.chat_template = r.str("chat_template")
-        req.chat_template_kwargs = r.dict("chat_template_kwargs", {}) or {}
+        if req.n > limits.max_seqs_per_request:
+            raise bad_request(f"n={req.n} is more than the server allows per request "
+                              f"({limits.max_seqs_per_request}, --max-num-seqs)", "n")
         tools = body.get("tools")
         if tools is not None and not isinstance(tools, list):
             raise bad_request("tools must be a list", "tools")

@@ -7,9 +7,10 @@ from typing import Any, AsyncIterator, Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from vllm.entrypoints import chat_template as ct
 from vllm.entrypoints.openai.async_engine import EngineDeadError, RequestStream
-from vllm.entrypoints.openai.protocol import (ChatCompletionRequest, OpenAIError, bad_request,
-                                              now, random_id, usage_dict)
+from vllm.entrypoints.openai.protocol import (ChatCompletionRequest, Limits, OpenAIError,
+                                              bad_request, now, random_id, usage_dict)
 from vllm.entrypoints.openai.serving_completion import (SSE_DONE, DeltaTracker, ServingBase,
                                                         SSEResponse, sse)
 from vllm.logger import init_logger
@@ -38,40 +39,67 @@ def load_chat_template(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def _tokenizer_template(tokenizer) -> Optional[str]:
+    t = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
+    if isinstance(t, dict):      # named templates: the default one
+        t = t.get("default") or next(iter(t.values()), None)
+    elif isinstance(t, list):    # [{"name", "template"}]
+        named = {d.get("name"): d.get("template") for d in t if isinstance(d, dict)}
+        t = named.get("default") or next(iter(named.values()), None)
+    return t if isinstance(t, str) and t else None
+
+
 class OpenAIServingChat(ServingBase):
     def __init__(self, engine, model_name, tokenizer, max_model_len,
-                 chat_template: Optional[str] = None, response_role: str = "assistant"):
-        super().__init__(engine, model_name, tokenizer, max_model_len)
+                 chat_template: Optional[str] = None, response_role: str = "assistant",
+                 limits: Limits = Limits(), trust_request_chat_template: bool = False,
+                 template_timeout: float = ct.DEFAULT_TIMEOUT_S):
+        super().__init__(engine, model_name, tokenizer, max_model_len, limits)
         self.response_role = response_role
-        self.chat_template = chat_template
-        if chat_template is None and tokenizer is not None and \
-                not getattr(tokenizer, "chat_template", None):
+        self.trust_request_chat_template = trust_request_chat_template
+        self.template_timeout = template_timeout
+        self.chat_template = chat_template or _tokenizer_template(tokenizer)
+        if self.chat_template is None and tokenizer is not None:
             logger.warning("The tokenizer has no chat template and no --chat-template was given;"
                            " /v1/chat/completions uses a plain 'role: content' template.")
             self.chat_template = DEFAULT_CHAT_TEMPLATE
 
-    def render(self, req: ChatCompletionRequest) -> str:
+    async def render(self, req: ChatCompletionRequest) -> str:
         if self.tokenizer is None:
             raise bad_request("this model has no tokenizer: chat completions are unavailable",
                               "messages")
-        template = req.chat_template or self.chat_template
+        template = self.chat_template
+        if req.chat_template is not None:
+            if not self.trust_request_chat_template:
+                raise bad_request("chat_template in the request is refused: this server renders "
+                                  "only its own template (start it with "
+                                  "--trust-request-chat-template to allow request templates)",
+                                  "chat_template")
+            template = req.chat_template
         kwargs = dict(req.chat_template_kwargs)
-        for k in ("tokenize", "conversation", "messages", "chat_template"):
+        for k in ("tokenize", "conversation", "messages", "chat_template", "tools",
+                  "add_generation_prompt"):
             kwargs.pop(k, None)
+        variables = ct.template_variables(self.tokenizer, req.messages, req.tools,
+                                          req.add_generation_prompt, kwargs)
+        # Rendered text longer than this cannot fit the context window anyway.
+        max_chars = min(ct.DEFAULT_MAX_CHARS, self.max_prompt_chars())
         try:
-            return self.tokenizer.apply_chat_template(
-                req.messages, tools=req.tools, chat_template=template,
-                add_generation_prompt=req.add_generation_prompt,
-                continue_final_message=req.continue_final_message, tokenize=False, **kwargs)
-        except Exception as e:  # noqa: BLE001 - template errors are the request's fault
-            raise bad_request(f"could not apply the chat template: {e}", "messages") from None
+            text = await ct.render(template, variables, timeout=self.template_timeout,
+                                   max_chars=max_chars)
+        except ct.ChatTemplateError as e:
+            raise bad_request(str(e), "chat_template" if req.chat_template is not None
+                              else "messages") from None
+        if req.continue_final_message:
+            text = ct.continue_final(text, req.messages)
+        return text
 
     async def create(self, body: Any, raw: Request) -> Response:
         try:
-            req = ChatCompletionRequest.parse(body)
+            req = ChatCompletionRequest.parse(body, self.limits)
             self.check_model(req.model)
-            prompt = self.render(req)
-            ids = self.tokenize(prompt, req.add_special_tokens)
+            prompt = await self.render(req)
+            ids = await self.tokenize_async(prompt, req.add_special_tokens, "messages")
             if not ids:
                 raise bad_request("the rendered chat prompt is empty", "messages")
             mt = req.resolve_max_tokens(len(ids), self.max_model_len, None, "messages")

@@ -4,6 +4,7 @@ response that aborts its request when the client goes away."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import copy
 import json
 from typing import Any, AsyncIterator, Callable, Optional
@@ -14,8 +15,9 @@ from starlette.types import Receive, Scope, Send
 
 from vllm.entrypoints.openai.async_engine import (ERROR, AsyncEngine, EngineDeadError,
                                                   RequestStream)
-from vllm.entrypoints.openai.protocol import (CompletionRequest, OpenAIError, bad_request,
-                                              error_body, now, random_id, usage_dict)
+from vllm.entrypoints.openai.protocol import (CompletionRequest, Limits, OpenAIError,
+                                              bad_request, error_body, now, random_id, short,
+                                              usage_dict)
 from vllm.logger import init_logger
 from vllm.outputs import CompletionOutput, RequestOutput
 
@@ -88,11 +90,21 @@ class SSEResponse(Response):
                 logger.error("streaming response failed: %r", exc)
 
 
+# Texts up to this many characters are tokenized on the event loop (microseconds); longer ones
+# in the tokenizer thread, so a huge prompt never stalls other requests or /health.
+INLINE_TOKENIZE_CHARS = 4096
+
+
 class ServingBase:
-    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer, max_model_len: int):
+    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer, max_model_len: int,
+                 limits: Limits = Limits()):
         self.engine = engine
         self.model_name = model_name
         self.max_model_len = max_model_len
+        self.limits = limits
+        # One thread: a fast tokenizer must not be used by two threads at once.
+        self._tok_pool = concurrent.futures.ThreadPoolExecutor(1, "tokenizer")
+        self._max_token_chars: Optional[int] = None
         # A private copy for the event loop thread: the engine thread decodes with the original.
         self.tokenizer = tokenizer
         if tokenizer is not None:
@@ -105,14 +117,48 @@ class ServingBase:
     # ------------------------------------------------------------------ checks
     def check_model(self, model: Optional[str]) -> None:
         if model is not None and model != self.model_name:
-            raise bad_request(f"The model `{model}` does not exist; this server serves "
-                              f"`{self.model_name}`.", "model")
+            raise OpenAIError(f"The model {short(model)} does not exist; this server serves "
+                              f"`{self.model_name}`.", 404, "model",
+                              type="invalid_request_error", code="model_not_found")
 
     def tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
         if self.tokenizer is None:
             raise bad_request("this model has no tokenizer: send token ids as the prompt",
                               "prompt")
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    def max_prompt_chars(self) -> int:
+        """A text longer than this has more than max_model_len tokens whatever it says: no
+        token is longer than the vocabulary's longest entry."""
+        if self._max_token_chars is None:
+            longest = 16
+            try:
+                longest = max((len(t) for t in self.tokenizer.get_vocab()), default=16)
+            except Exception:  # noqa: BLE001 - no vocabulary listing: a generous guess
+                longest = 64
+            self._max_token_chars = max(longest, 1)
+        return self._max_token_chars * (self.max_model_len + 8)
+
+    async def tokenize_async(self, text: str, add_special_tokens: bool, param: str
+                             ) -> list[int]:
+        if self.tokenizer is None:
+            raise bad_request("this model has no tokenizer: send token ids as the prompt",
+                              param)
+        if len(text) > self.max_prompt_chars():
+            raise bad_request(f"This model's maximum context length is {self.max_model_len} "
+                              f"tokens, and the prompt ({len(text)} characters) is longer than "
+                              f"that. Please reduce the length of the prompt.", param)
+        if len(text) <= INLINE_TOKENIZE_CHARS:
+            return self.tokenize(text, add_special_tokens)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._tok_pool, self.tokenize, text,
+                                          add_special_tokens)
+
+    async def decode_async(self, ids: list[int]) -> str:
+        if len(ids) <= INLINE_TOKENIZE_CHARS // 4:
+            return self.decode(ids)
+        return await asyncio.get_running_loop().run_in_executor(self._tok_pool, self.decode,
+                                                                ids)
 
     def decode(self, ids: list[int]) -> str:
         if self.tokenizer is None:
@@ -215,14 +261,16 @@ class DeltaTracker:
 class OpenAIServingCompletion(ServingBase):
     async def create(self, body: Any, raw: Request) -> Response:
         try:
-            req = CompletionRequest.parse(body)
+            req = CompletionRequest.parse(body, self.limits)
             self.check_model(req.model)
             prepared = []       # (prompt text or None, prompt ids)
             for p in req.prompts:
                 if isinstance(p, str):
-                    prepared.append((p, self.tokenize(p, req.add_special_tokens)))
+                    prepared.append((p, await self.tokenize_async(p, req.add_special_tokens,
+                                                                  "prompt")))
                 else:
-                    prepared.append((None, p))
+                    # echo shows the prompt's text: decode it now, off the event loop.
+                    prepared.append((await self.decode_async(p) if req.echo else None, p))
             params = []
             for _, ids in prepared:
                 mt = req.resolve_max_tokens(len(ids), self.max_model_len, 16, "prompt")

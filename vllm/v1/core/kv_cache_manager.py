@@ -66,6 +66,8 @@ class KVCacheManager:
             return
         bs = self.block_size
         n_full = min(req.num_computed_tokens, len(req.all_token_ids)) // bs
+        if n_full <= len(req.block_hashes):
+            return      # the common decode step: no block filled up
         tokens = req.all_token_ids
         parent = req.block_hashes[-1] if req.block_hashes else None
         for i in range(len(req.block_hashes), min(n_full, len(req.block_ids))):

@@ -7,6 +7,10 @@ from typing import Optional
 
 from vllm.sampling_params import SamplingParams
 
+# A token id the host does not know yet: sampled by the step still running on the device
+# (asynchronous scheduling). The runner fills it in from that step's output, on the device.
+UNKNOWN_TOKEN_ID = -1
+
 
 @dataclass
 class ScheduledReq:

@@ -9,10 +9,19 @@ from typing import Iterable, Optional
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
 from vllm.v1.core.kv_cache_manager import KVCacheManager
-from vllm.v1.core.sched_output import RunnerOutput, ScheduledReq, SchedulerOutput
+from vllm.v1.core.sched_output import (UNKNOWN_TOKEN_ID, RunnerOutput, ScheduledReq,
+                                      SchedulerOutput)
 from vllm.v1.request import Request, RequestStatus
 
 logger = init_logger(__name__)
+
+
+class RequestsUnschedulable(RuntimeError):
+    """schedule() found requests that can never run; they are already finished (aborted)."""
+
+    def __init__(self, request_ids: list[str], message: str):
+        super().__init__(message)
+        self.request_ids = list(request_ids)
 
 
 class Scheduler:
@@ -40,19 +49,19 @@ class Scheduler:
         self.waiting.append(req)
 
     def finish_requests(self, req_ids: Iterable[str], status: RequestStatus) -> None:
+        # One pass over each queue whatever the number of ids (aborting thousands of waiting
+        # requests one remove() at a time was quadratic).
+        done: set[int] = set()
         for rid in req_ids:
             req = self.requests.get(rid)
-            if req is None or req.finished:
+            if req is None or req.finished or id(req) in done:
                 continue
-            if req.status == RequestStatus.RUNNING:
-                self.running.remove(req)
-            else:
-                try:
-                    self.waiting.remove(req)
-                except ValueError:
-                    pass
+            done.add(id(req))
             req.status = status
             self._free(req)
+        if done:
+            self.running[:] = [r for r in self.running if id(r) not in done]
+            self.waiting = deque(r for r in self.waiting if id(r) not in done)
 
     def _free(self, req: Request) -> None:
         self.kv.free(req)
@@ -77,20 +86,50 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(req)
 
+    def requeue_running(self) -> None:
+        """Put every running request back at the head of the queue, blocks freed, to be
+        recomputed: after a failed step, whose scheduled tokens were counted as computed but
+        never produced."""
+        for req in reversed(self.running):
+            self.kv.free(req)
+            req.status = RequestStatus.PREEMPTED
+            req.num_computed_tokens = 0
+            req.num_inflight = 0
+            req.spec_token_ids = []
+            req.num_preemptions += 1     # per-request runner state (drafters) starts over
+            self.waiting.appendleft(req)
+        self.running.clear()
+
     def _entry(self, req: Request, num_new: int, num_spec: int) -> ScheduledReq:
         start = req.num_computed_tokens
         n_plain = num_new - num_spec
-        toks = req.all_token_ids[start:start + n_plain] + req.spec_token_ids[:num_spec]
+        known = req.all_token_ids[start:start + n_plain]
+        # Tokens still being sampled on the device (asynchronous scheduling): the runner fills
+        # them from the previous step's output, on the device.
+        toks = known + [UNKNOWN_TOKEN_ID] * (n_plain - len(known)) + req.spec_token_ids[:num_spec]
         p = req.sampling_params
-        pen = (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-               or p.repetition_penalty != 1.0)
+        pen = p.has_penalties
         return ScheduledReq(
             req_id=req.request_id, token_ids=toks, num_spec=num_spec, start_pos=start,
-            block_ids=list(req.block_ids), sample=start + n_plain >= req.num_tokens,
+            # Not copied: the runner reads it while preparing this step's inputs, before the
+            # scheduler changes it again (TP workers get a pickled copy anyway).
+            block_ids=req.block_ids,
+            sample=start + n_plain >= req.num_tokens + req.num_inflight,
             params=p, prompt_len=req.num_prompt_tokens,
             output_token_ids=list(req.output_token_ids) if pen else None,
             prompt_token_ids=list(req.prompt_token_ids) if pen else None,
-            num_output_tokens=req.num_output_tokens, eos_token_id=req.eos_token_id)
+            num_output_tokens=req.num_output_tokens + req.num_inflight,
+            eos_token_id=req.eos_token_id)
+
+    def _will_finish(self, req: Request) -> bool:
+        """True when a token already in flight ends the request by length: scheduling it again
+        would only compute a token that is thrown away."""
+        n = req.num_inflight
+        if not n:
+            return False
+        p = req.sampling_params
+        return ((p.max_tokens is not None and req.num_output_tokens + n >= p.max_tokens)
+                or req.num_tokens + n >= self.max_model_len)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(finished_req_ids=self._finished_ids)
@@ -102,10 +141,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n_plain = req.num_tokens - req.num_computed_tokens
-            n_plain = min(n_plain, budget)
-            n_spec = len(req.spec_token_ids) if n_plain == req.num_tokens - \
-                req.num_computed_tokens else 0
+            if req.num_inflight and self._will_finish(req):
+                i += 1
+                continue
+            pending = req.num_tokens + req.num_inflight - req.num_computed_tokens
+            n_plain = min(pending, budget)
+            n_spec = len(req.spec_token_ids) if n_plain == pending else 0
             n_spec = min(n_spec, budget - n_plain)
             num_new = n_plain + n_spec
             if num_new <= 0:
@@ -129,6 +170,8 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs \
                 and out.num_preempted == 0:
             req = self.waiting[0]
+            if req.num_inflight:
+                break   # preempted while its last step ran: resume once its token is known
             if req.num_computed_tokens == 0 and not req.block_ids:
                 cached = self.kv.get_computed_blocks(req)
                 req.num_computed_tokens = cached
@@ -143,6 +186,8 @@ class Scheduler:
                 # stay cached and are found again on the next try.
                 self.kv.free(req)
                 req.num_computed_tokens = 0
+                if not self.running:
+                    self._fail_unadmittable(req, num_new, out)
                 break
             self.waiting.popleft()
             req.status = RequestStatus.RUNNING
@@ -152,24 +197,49 @@ class Scheduler:
             budget -= num_new
 
         for req, num_new, n_spec in scheduled:
-            out.reqs.append(self._entry(req, num_new, n_spec))
+            entry = self._entry(req, num_new, n_spec)
+            out.reqs.append(entry)
             req.num_computed_tokens += num_new
+            req.num_inflight += entry.sample
             out.num_tokens += num_new
         return out
 
+    def _fail_unadmittable(self, req: Request, num_new: int, out: SchedulerOutput) -> None:
+        """Nothing runs and the head of the queue still does not fit: no block will ever be
+        freed for it (the pool is too small, or blocks leaked). Fail it instead of spinning."""
+        need = self.kv._cdiv(min(num_new + self.num_lookahead, self.max_model_len))
+        msg = (f"request {req.request_id} can never be scheduled: it needs {need} KV cache "
+               f"block(s) for its next {num_new} token(s), nothing else is running, and only "
+               f"{self.kv.pool.num_free} of {self.kv.pool.num_blocks} block(s) are free")
+        logger.error(msg)
+        # Give the step's finished ids back (the runner still has to drop their state).
+        self._finished_ids = out.finished_req_ids + self._finished_ids
+        self.finish_requests([req.request_id], RequestStatus.FINISHED_ABORTED)
+        raise RequestsUnschedulable([req.request_id], msg)
+
     # ------------------------------------------------------------------ results
     def update_from_output(self, so: SchedulerOutput, ro: RunnerOutput) -> list[tuple[Request, int]]:
-        """Apply sampled tokens; returns (request, number of new tokens) for each that got some."""
+        """Apply sampled tokens; returns (request, number of new tokens) for each that got some.
+
+        With asynchronous scheduling the next step was scheduled before this one's tokens were
+        known: a request that finishes here may already sit in that step (its extra token is
+        dropped when that step's output arrives: the request is gone by then), and one that was
+        preempted meanwhile still receives the token it sampled here."""
         now = time.monotonic()
         touched: list[tuple[Request, int]] = []
-        by_id = {rid: i for i, rid in enumerate(ro.req_ids)}
-        for sr in so.reqs:
+        # The runner answers in the order it was given: then no lookup table is needed.
+        by_id = None if ro.req_ids == [r.req_id for r in so.reqs] else \
+            {rid: i for i, rid in enumerate(ro.req_ids)}
+        for pos, sr in enumerate(so.reqs):
             req = self.requests.get(sr.req_id)
-            if req is None or req.status != RequestStatus.RUNNING:
-                continue   # aborted while the step ran
-            idx = by_id.get(sr.req_id)
+            if req is None or req.finished:
+                continue   # finished or aborted while the step ran
+            if sr.sample:
+                req.num_inflight = max(req.num_inflight - 1, 0)
+            running = req.status == RequestStatus.RUNNING
+            idx = pos if by_id is None else by_id.get(sr.req_id)
             toks = ro.sampled_token_ids[idx] if idx is not None else []
-            if sr.num_spec:
+            if sr.num_spec and running:
                 # Rewind: only the accepted drafts' K/V count as computed.
                 rejected = sr.num_spec - (len(toks) - 1)
                 req.num_computed_tokens -= rejected
@@ -189,10 +259,14 @@ class Scheduler:
             if req.first_token_time is None:
                 req.first_token_time = now
             req.last_token_time = now
-            self.kv.cache_committed_blocks(req)
+            if running:
+                self.kv.cache_committed_blocks(req)
             touched.append((req, n_added))
             if req.finished:
-                self.running.remove(req)
+                if running:
+                    self.running.remove(req)
+                else:
+                    self.waiting.remove(req)
                 self._free(req)
         return touched
 

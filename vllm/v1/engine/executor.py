@@ -20,8 +20,14 @@ class UniProcExecutor:
     def initialize_kv_cache(self, num_blocks: int) -> None:
         self.driver_runner.initialize_kv_cache(num_blocks)
 
+    # Steps can be launched before the previous one's tokens reach the host.
+    supports_async = True
+
     def execute_model(self, so):
         return self.driver_runner.execute_model(so)
+
+    def execute_model_async(self, so):
+        return self.driver_runner.execute_model_async(so)
 
     def propose(self, reqs):
         return self.driver_runner.propose(reqs)

@@ -11,12 +11,13 @@ from typing import Optional, Union
 from vllm import envs
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import EngineArgs
-from vllm.logger import init_logger
+from vllm.logger import init_logger, log_once
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import SamplingParams
-from vllm.v1.core.scheduler import Scheduler
+from vllm.v1.core.scheduler import RequestsUnschedulable, Scheduler
 from vllm.v1.engine.detokenizer import IncrementalDetokenizer
 from vllm.v1.engine.executor import make_executor
+from vllm.v1.engine.fault_isolation import check_params_for_model, request_fault
 from vllm.v1.metrics import stats as stats_mod
 from vllm.v1.metrics.stats import EngineStats
 from vllm.v1.request import Request, RequestStatus
@@ -69,6 +70,26 @@ class LLMEngine:
         self._ids = itertools.count()
         self._last_log = time.monotonic()
         self._log_interval = envs.get("VLLM_LOG_STATS_INTERVAL")
+        self.async_scheduling = self._resolve_async()
+        # (scheduler output, pending runner output) of the step launched but not yet applied.
+        self._inflight: Optional[tuple] = None
+
+    def _resolve_async(self) -> bool:
+        cfg = self.config
+        if not cfg.scheduler_config.async_scheduling:
+            return False
+        why = None
+        if cfg.speculative_config is not None:
+            why = ("speculative decoding: the proposer drafts from the previous step's tokens "
+                   "on the host")
+        elif not getattr(self.executor, "supports_async", False):
+            why = "tensor parallelism: the workers receive host token ids every step"
+        if why is not None:
+            log_once(logger, logging.INFO, "async-sched-off",
+                     "Asynchronous scheduling falls back to synchronous steps (%s)", why)
+            return False
+        logger.info("Asynchronous scheduling on: step n+1 is scheduled while step n runs")
+        return True
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
@@ -115,6 +136,7 @@ class LLMEngine:
         if len(ids) > self.max_model_len:
             raise ValueError(f"prompt is {len(ids)} tokens, longer than max_model_len="
                              f"{self.max_model_len}")
+        check_params_for_model(params, vocab)
         if request_id in self.parents:
             raise ValueError(f"request_id {request_id!r} is already in use")
         children = []
@@ -124,6 +146,7 @@ class LLMEngine:
                 cp = params.clone()
                 cp.n = 1
                 if params.seed is not None:
+                    # int64 seed + i stays inside what torch.Generator accepts (< 2**64).
                     cp.seed = params.seed + i
             cid = request_id if params.n == 1 else f"{request_id}#{i}"
             req = Request(cid, ids, cp, self.eos_token_id)
@@ -141,15 +164,44 @@ class LLMEngine:
     def abort_request(self, request_ids) -> None:
         if isinstance(request_ids, str):
             request_ids = [request_ids]
+        children: list[str] = []
         for pid in request_ids:
             parent = self.parents.pop(pid, None)
             if parent is None:
                 continue
-            self.scheduler.finish_requests(parent.children, RequestStatus.FINISHED_ABORTED)
+            children.extend(parent.children)
             for cid in parent.children:
                 self.seqs.pop(cid, None)
                 self._child_to_parent.pop(cid, None)
             self.stats.request_success["abort"] = self.stats.request_success.get("abort", 0) + 1
+        if children:    # one scheduler call: one pass over its queues
+            self.scheduler.finish_requests(children, RequestStatus.FINISHED_ABORTED)
+
+    def fail_step_requests(self, exc: BaseException) -> Optional[dict[str, str]]:
+        """After ``step()`` raised ``exc``: find the requests the failure belongs to, abort
+        them and return {request_id: reason}. Every other running request is rewound (its KV
+        is recomputed, as after a preemption) and carries on at the next step. Returns None
+        when no request can be blamed; the caller then fails everything in flight."""
+        sched = self.scheduler
+        if isinstance(exc, RequestsUnschedulable):
+            blamed = {cid: str(exc) for cid in exc.request_ids}
+        else:
+            vocab = self.config.model_config.vocab_size
+            blamed = {}
+            for req in list(sched.running) + list(sched.waiting):
+                why = request_fault(req, vocab)
+                if why is not None:
+                    blamed[req.request_id] = why
+            if not blamed:
+                return None
+            sched.requeue_running()
+        failed: dict[str, str] = {}
+        for cid, why in blamed.items():
+            pid = self._child_to_parent.get(cid)
+            if pid is not None:
+                failed.setdefault(pid, why)
+        self.abort_request(list(failed))
+        return failed
 
     def has_unfinished_requests(self) -> bool:
         return bool(self.parents)
@@ -160,7 +212,54 @@ class LLMEngine:
     # ------------------------------------------------------------------ the step
     def step(self, stream: bool = False) -> list[RequestOutput]:
         """One engine step. Returns outputs of finished requests, or (stream=True) of every
-        request that got new tokens (deltas are computed by the caller from text lengths)."""
+        request that got new tokens (deltas are computed by the caller from text lengths).
+
+        Asynchronous scheduling: this step is scheduled and launched before the previous
+        step's tokens are applied, so the host's scheduling, input preparation, detokenization
+        and output processing overlap the GPU's work; outputs come one step later."""
+        if not self.async_scheduling:
+            return self._step_sync(stream)
+        try:
+            outs = self._step_async(stream)
+        except BaseException:
+            self._drop_inflight()
+            raise
+        self.stats.num_steps += 1
+        self._refresh_gauges()
+        self._maybe_log()
+        return outs
+
+    def _step_async(self, stream: bool) -> list[RequestOutput]:
+        so = self.scheduler.schedule()
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        prev, self._inflight = self._inflight, None
+        if so.reqs or so.finished_req_ids:
+            self._inflight = (so, self.executor.execute_model_async(so))
+        outs = self._apply(prev, stream) if prev is not None else []
+        if self._inflight is not None and _needs_host_history(self._inflight[0]):
+            # Penalties read every earlier token, logprobs are computed from the host's
+            # tokens: apply this step now, so the next one is scheduled with all tokens known.
+            log_once(logger, logging.INFO, "async-sched-sync-step",
+                     "Asynchronous scheduling runs steps with penalties or logprobs "
+                     "synchronously")
+            launched, self._inflight = self._inflight, None
+            outs += self._apply(launched, stream)
+        return outs
+
+    def _drop_inflight(self) -> None:
+        """A failed step: forget the launched steps whose tokens the host never applied. Every
+        request is left as if those steps had not been scheduled at all except for its KV
+        progress, which the caller's recovery (``fail_step_requests``) rewinds."""
+        self._inflight = None
+        for req in self.scheduler.requests.values():
+            req.num_inflight = 0
+
+    def _apply(self, launched: tuple, stream: bool) -> list[RequestOutput]:
+        so, pending = launched
+        touched = self.scheduler.update_from_output(so, pending.result())
+        return self._process(touched, stream)
+
+    def _step_sync(self, stream: bool) -> list[RequestOutput]:
         sched = self.scheduler
         so = sched.schedule()
         self.stats.num_preemptions = sched.num_preemptions
@@ -275,3 +374,7 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self.executor.shutdown()
+
+
+def _needs_host_history(so) -> bool:
+    return any(r.params.has_penalties or r.params.logprobs is not None for r in so.reqs)

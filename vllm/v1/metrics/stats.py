@@ -3,6 +3,7 @@ collector and the profiling harness read it after teardown), and LLM.get_metrics
 into upstream-named metrics."""
 from __future__ import annotations
 
+import bisect
 import itertools
 import threading
 from dataclasses import dataclass, field
@@ -32,11 +33,8 @@ class Histogram:
     def observe(self, v: float) -> None:
         self.n += 1
         self.total += v
-        for i, b in enumerate(self.buckets):
-            if v <= b:
-                self.counts[i] += 1
-                return
-        self.counts[-1] += 1
+        # First bucket with v <= bound (the last slot is +Inf); called per token, so in C.
+        self.counts[bisect.bisect_left(self.buckets, v)] += 1
 
 
 _ids = itertools.count()

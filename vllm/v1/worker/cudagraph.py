@@ -23,11 +23,12 @@ def default_capture_sizes(max_tokens: int) -> list[int]:
 
 
 class CudaGraphRunner:
-    def __init__(self, sizes: list[int]):
+    def __init__(self, sizes: list[int], pool=None, name: str = "forward"):
         self.sizes = sorted(sizes)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
-        self.pool = None
+        self.outputs: dict[int, object] = {}
+        self.pool = pool          # a memory pool shared with graphs that never run concurrently
+        self.name = name
         self.enabled = bool(sizes)
         self.num_replays = 0
 
@@ -37,9 +38,9 @@ class CudaGraphRunner:
         i = bisect.bisect_left(self.sizes, num_tokens)
         return self.sizes[i] if i < len(self.sizes) else None
 
-    def capture(self, run_forward: Callable[[int], torch.Tensor]) -> None:
+    def capture(self, run_forward: Callable[[int], object]) -> None:
         """run_forward(T) runs the model on the first T rows of the persistent buffers (with
-        the forward context already set up by the caller) and returns the hidden states."""
+        the forward context already set up by the caller) and returns its output tensor(s)."""
         t0 = time.perf_counter()
         try:
             for T in reversed(self.sizes):
@@ -57,14 +58,14 @@ class CudaGraphRunner:
             self.graphs.clear()
             self.outputs.clear()
             self.enabled = False
-            log_once(logger, logging.WARNING, "cudagraph-capture-failed",
-                     "CUDA graph capture failed (%s: %s); running the model eagerly",
-                     type(e).__name__, e)
+            log_once(logger, logging.WARNING, f"cudagraph-capture-failed-{self.name}",
+                     "CUDA graph capture (%s) failed (%s: %s); running it eagerly",
+                     self.name, type(e).__name__, e)
             return
-        logger.info("Captured %d CUDA graphs (%d..%d tokens) in %.1f s", len(self.graphs),
-                    self.sizes[0], self.sizes[-1], time.perf_counter() - t0)
+        logger.info("Captured %d CUDA graphs (%s, %d..%d tokens) in %.1f s", len(self.graphs),
+                    self.name, self.sizes[0], self.sizes[-1], time.perf_counter() - t0)
 
-    def replay(self, T_padded: int) -> torch.Tensor:
+    def replay(self, T_padded: int):
         self.graphs[T_padded].replay()
         self.num_replays += 1
         return self.outputs[T_padded]

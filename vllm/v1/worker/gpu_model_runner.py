@@ -4,8 +4,10 @@ NWOR). It runs on CUDA or, with torch reference kernels, on the CPU."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Optional
 
+import numpy as np
 import torch
 
 from vllm import envs
@@ -44,8 +46,13 @@ class GPUModelRunner:
         self.proposer = build_proposer(config, self)
         self.kv_cache: Optional[torch.Tensor] = None
         self.graphs = CudaGraphRunner([])
+        # Decode batches of greedy requests: forward, LM head and argmax in one graph.
+        self.greedy_graphs = CudaGraphRunner([])
         self.spec_step = None   # SpecDecodeStep when speculative decoding is on
-        self.step_times: list[float] = []
+        # Host time of each step launch; bounded, a server runs for ever.
+        self.step_times: deque[float] = deque(maxlen=64)
+        self._last_tokens: Optional[torch.Tensor] = None   # [n] previous launch's samples
+        self._last_rows: dict[str, int] = {}               # request id -> row in it
 
     # ------------------------------------------------------------------ set-up
     def profile_num_blocks(self) -> int:
@@ -91,6 +98,11 @@ class GPUModelRunner:
             self.graphs = CudaGraphRunner(default_capture_sizes(
                 min(self.max_tokens, 512)))
             self.graphs.capture(self._graph_forward)
+            if self.graphs.enabled and self.spec_step is None:
+                self.greedy_graphs = CudaGraphRunner(default_capture_sizes(
+                    min(self.max_tokens, 512, sc.max_num_seqs)), pool=self.graphs.pool,
+                    name="greedy decode")
+                self.greedy_graphs.capture(self._graph_forward_greedy)
 
     @property
     def staging(self) -> Optional[torch.Tensor]:
@@ -101,29 +113,36 @@ class GPUModelRunner:
         with set_forward_context(ForwardContext(md, self.kv_cache, self.staging)):
             return self.model(self.buffers.input_ids[:T], self.buffers.positions[:T])
 
+    def _graph_forward_greedy(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """T decode tokens, one per request: hidden [T, H] and the argmax token of each [T]."""
+        hidden = self._graph_forward(T)
+        return hidden, self.model.compute_logits(hidden).argmax(dim=-1)
+
     # ------------------------------------------------------------------ one step
     @torch.inference_mode()
     def execute_model(self, so: SchedulerOutput) -> RunnerOutput:
+        """One step, synchronously: returns the sampled tokens on the host."""
+        return self.execute_model_async(so).result()
+
+    @torch.inference_mode()
+    def execute_model_async(self, so: SchedulerOutput) -> "PendingOutput":
+        """Launches one step and returns at once; ``result()`` waits for its tokens. Tokens the
+        scheduler marked unknown (sampled by the previous launch) are filled in on the device."""
         for rid in so.finished_req_ids:
             self.generators.pop(rid, None)
             if self.proposer is not None:
                 self.proposer.drop(rid)
         if not so.reqs:
-            return RunnerOutput([], [])
+            return PendingOutput.empty()
         t0 = time.perf_counter()
-        # One NVTX range per whole step (forward, sampling, SCV, NWOR commit, the host sync):
-        # Nsight Compute's app-range replay measures DRAM traffic over exactly this.
+        # One NVTX range per whole step launch (forward, sampling, SCV, NWOR commit): Nsight
+        # Compute's app-range replay measures DRAM traffic over exactly this.
         with nvtx_range("step"):
-            sampled, logits, inp = self._step(so)
-        reqs = so.reqs
-        logprobs = None
-        if any(r.params.logprobs is not None for r in reqs):
-            logprobs = gather_logprobs(logits, reqs, inp.req_first_row, sampled)
+            pending = self._launch(so)
         self.step_times.append(time.perf_counter() - t0)
-        return RunnerOutput(req_ids=[r.req_id for r in reqs], sampled_token_ids=sampled,
-                            logprobs=logprobs, num_spec=[r.num_spec for r in reqs])
+        return pending
 
-    def _step(self, so: SchedulerOutput):
+    def _launch(self, so: SchedulerOutput) -> "PendingOutput":
         reqs = so.reqs
         spec = self.spec_step
         staged = spec is not None and spec.nwor.use_for_step(so.num_spec_tokens)
@@ -131,6 +150,12 @@ class GPUModelRunner:
         Tp = self.graphs.padded_size(T)
         inp = self.buffers.prepare(so, Tp or T, stage_drafts=staged,
                                    keep_stage_index=self.staging is not None)
+        if inp.unknown_rows is not None:
+            self._fill_unknown_tokens(reqs, inp)
+        Tg = self.greedy_graphs.padded_size(T) if T == len(reqs) else None
+        if Tg is not None and Tg == Tp and all(r.sample and not r.num_spec and _plain_greedy(r)
+                                  and r.params.logprobs is None for r in reqs):
+            return self._launch_greedy_decode(so, inp, Tg)
         with nvtx_range("forward"):
             if Tp is not None:
                 hidden = self.graphs.replay(Tp)[:T]
@@ -145,26 +170,101 @@ class GPUModelRunner:
         plain = [i for i, r in enumerate(reqs) if r.sample and r.num_spec == 0]
         plain_tokens = None
         if plain:
+            plain_reqs = [reqs[i] for i in plain]
             rows = [inp.req_first_row[i] for i in plain]
-            plain_logits = logits[rows] if len(rows) != logits.shape[0] else logits
-            mask_min_tokens(plain_logits, [reqs[i] for i in plain])
-            md = self._sampling_metadata([reqs[i] for i in plain])
-            plain_tokens = self.sampler(plain_logits, md, compute_selected=False).sampled_token_ids
+            plain_logits = logits if len(rows) == logits.shape[0] else \
+                logits.index_select(0, self._to_device_i64(rows))
+            if all(_plain_greedy(r) for r in plain_reqs):
+                plain_tokens = plain_logits.argmax(dim=-1)   # no metadata to build or copy
+            else:
+                mask_min_tokens(plain_logits, plain_reqs)
+                md = self._sampling_metadata(plain_reqs)
+                plain_tokens = self.sampler(plain_logits, md,
+                                            compute_selected=False).sampled_token_ids
+            # The next launch reads these on the device (asynchronous scheduling).
+            self._last_tokens = plain_tokens
+            self._last_rows = {r.req_id: j for j, r in enumerate(plain_reqs)}
+        else:
+            self._last_tokens, self._last_rows = None, {}
         spec_out = None
         if inp.spec is not None:
             md = self._sampling_metadata([reqs[i] for i in inp.spec.req_indices])
             spec_out = spec.verify_and_commit(inp.spec, logits, md, self.kv_cache, staged)
+        return self._pending(so, inp, logits, plain, plain_tokens, spec_out, staged)
 
-        # The one host sync of the step.
+    def _launch_greedy_decode(self, so, inp, Tg: int) -> "PendingOutput":
+        """Every request decodes one greedy token: a single graph replay yields the tokens."""
+        T = len(so.reqs)
+        with nvtx_range("forward"):
+            hidden, tokens = self.greedy_graphs.replay(Tg)
+        if getattr(self.proposer, "needs_hidden", False):
+            self.proposer.observe(so, hidden[:T], inp.hidden_rows_per_req)
+        tokens = tokens[:T]
+        self._last_tokens = tokens
+        self._last_rows = {r.req_id: j for j, r in enumerate(so.reqs)}
+        return self._pending(so, inp, None, list(range(T)), tokens, None, False)
+
+    def _pending(self, so, inp, logits, plain, plain_tokens, spec_out, staged) -> "PendingOutput":
+        host_tokens, done = None, None
+        if plain_tokens is not None and self.device.type == "cuda":
+            # Start the copy now; result() only waits for it (pinned, so truly asynchronous).
+            host_tokens = torch.empty(plain_tokens.shape, dtype=plain_tokens.dtype,
+                                      pin_memory=True)
+            host_tokens.copy_(plain_tokens, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        return PendingOutput(self, so, inp, logits, plain, plain_tokens, host_tokens, done,
+                             spec_out, staged)
+
+    def _to_device_i64(self, values) -> torch.Tensor:
+        t = torch.as_tensor(values, dtype=torch.int64)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _fill_unknown_tokens(self, reqs, inp) -> None:
+        """input_ids rows whose token the host does not know yet <- the previous launch's
+        sampled tokens, gathered on the device (no host round trip)."""
+        dst = inp.unknown_rows
+        last = self._last_rows
+        try:
+            src = [last[reqs[i].req_id] for i in inp.unknown_reqs]
+        except KeyError as e:
+            raise RuntimeError(f"request {e.args[0]} has an unknown token but was not sampled "
+                               "by the previous step") from None
+        n = len(src)
+        if n == len(last) and dst[-1] == n - 1 and src == list(range(n)):
+            # The common decode step: the same requests in the same order, one token each.
+            self.buffers.input_ids[:n].copy_(self._last_tokens)
+            return
+        idx = self._to_device_i64(np.stack([dst, np.asarray(src, dtype=np.int64)]))
+        self.buffers.input_ids.index_copy_(0, idx[0], self._last_tokens.index_select(0, idx[1]))
+
+    def _finish(self, p: "PendingOutput") -> RunnerOutput:
+        """The host side of a launched step: its tokens (the step's one sync), logprobs."""
+        reqs = p.so.reqs
         sampled: list[list[int]] = [[] for _ in reqs]
-        if plain_tokens is not None:
-            for i, tok in zip(plain, plain_tokens.tolist()):
+        if p.plain_tokens is not None:
+            if p.done is not None:
+                # Poll rather than block in the driver: the GIL goes to other threads (the
+                # server's event loop) meanwhile, and no synchronizing CUDA call is made.
+                while not p.done.query():
+                    time.sleep(0)
+                toks = p.host_tokens.tolist()
+            else:
+                toks = p.plain_tokens.tolist()
+            for i, tok in zip(p.plain, toks):
                 sampled[i] = [tok]
-        if spec_out is not None:
-            for i, toks in zip(inp.spec.req_indices, spec.to_host(
-                    spec_out, inp.spec.num_draft_tokens, staged)):
+        if p.spec_out is not None:
+            spec = self.spec_step
+            for i, toks in zip(p.inp.spec.req_indices, spec.to_host(
+                    p.spec_out, p.inp.spec.num_draft_tokens, p.staged)):
                 sampled[i] = toks
-        return sampled, logits, inp
+        logprobs = None
+        if any(r.params.logprobs is not None for r in reqs):
+            logprobs = gather_logprobs(p.logits, reqs, p.inp.req_first_row, sampled)
+        return RunnerOutput(req_ids=[r.req_id for r in reqs], sampled_token_ids=sampled,
+                            logprobs=logprobs, num_spec=[r.num_spec for r in reqs])
 
     def _sampling_metadata(self, reqs) -> SamplingMetadata:
         gens = {}
@@ -187,3 +287,34 @@ class GPUModelRunner:
         if self.proposer is None or not reqs:
             return {}
         return self.proposer.propose(reqs)
+
+
+def _plain_greedy(r) -> bool:
+    """Sampling this row is a bare argmax: greedy, no penalties, no min_tokens mask active."""
+    p = r.params
+    return (p.is_greedy and not p.has_penalties
+            and not (p.min_tokens and r.num_output_tokens < p.min_tokens))
+
+
+class PendingOutput:
+    """A launched step. ``result()`` blocks until its tokens are on the host (once)."""
+
+    def __init__(self, runner, so, inp, logits, plain, plain_tokens, host_tokens, done,
+                 spec_out, staged):
+        self.runner, self.so, self.inp, self.logits = runner, so, inp, logits
+        self.plain, self.plain_tokens = plain, plain_tokens
+        self.host_tokens, self.done = host_tokens, done
+        self.spec_out, self.staged = spec_out, staged
+        self._result: Optional[RunnerOutput] = None
+
+    @staticmethod
+    def empty() -> "PendingOutput":
+        p = PendingOutput(None, None, None, None, [], None, None, None, None, False)
+        p._result = RunnerOutput([], [])
+        return p
+
+    def result(self) -> RunnerOutput:
+        if self._result is None:
+            self._result = self.runner._finish(self)
+            self.runner = self.inp = self.logits = self.spec_out = None
+        return self._result

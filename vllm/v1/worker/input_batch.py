@@ -26,6 +26,10 @@ class StepInputs:
     req_first_row: list[int]        # per request: its first row in the logits matrix (-1: none)
     spec: SpecDecodeMetadata | None
     hidden_rows_per_req: list[tuple[int, int]]  # token row range of each request
+    # Tokens sampled by the previous launch, unknown to the host (asynchronous scheduling):
+    # their rows in input_ids [U] and the index of the request each belongs to [U].
+    unknown_rows: np.ndarray | None = None
+    unknown_reqs: np.ndarray | None = None
 
 
 class InputBuffers:
@@ -46,6 +50,10 @@ class InputBuffers:
         self.context_lens = torch.zeros(max_reqs, dtype=i32, device=device)
         self.query_start_loc = torch.zeros(max_reqs + 1, dtype=i32, device=device)
         self._bt_host = np.zeros((max_reqs, max_blocks), dtype=np.int32)
+        # Per block-table row: the block-id list it was last filled from and that list's length
+        # then (held, so the list is never another's). Unchanged rows are not rewritten.
+        self._bt_src: list = [None] * max_reqs
+        self._bt_len = [0] * max_reqs
         self._cuda = device.type == "cuda"
         # Pinned host mirrors of the device buffers (allocated once): H2D copies are then
         # truly asynchronous and no step pays for pinning fresh memory.
@@ -54,17 +62,17 @@ class InputBuffers:
         self._pending = False
 
     def _h2d(self, dst: torch.Tensor, src: np.ndarray) -> None:
-        t = torch.from_numpy(src)
+        n = len(src)
         if not self._cuda:
-            dst[:len(src)].copy_(t)
+            dst.reshape(-1)[:n].copy_(torch.from_numpy(src))
             return
         base = dst if dst._base is None else dst._base
-        host = self._mirror.get(id(base))
-        if host is None:
+        mirror = self._mirror.get(id(base))
+        if mirror is None:
             host = torch.empty(base.numel(), dtype=base.dtype, pin_memory=True)
-            self._mirror[id(base)] = host
-        n = len(src)
-        host[:n].copy_(t)
+            mirror = self._mirror[id(base)] = (host, host.numpy())
+        host, host_np = mirror
+        host_np[:n] = src           # a memcpy into pinned memory, no torch call
         dst.reshape(-1)[:n].copy_(host[:n], non_blocking=True)
 
     def _wait_previous_copies(self) -> None:
@@ -103,14 +111,25 @@ class InputBuffers:
         offs = np.arange(T, dtype=np.int64) - np.repeat(qsl[:-1].astype(np.int64), counts)
         positions = np.repeat(starts, counts) + offs
         ids = np.fromiter((t for r in reqs for t in r.token_ids), dtype=np.int64, count=T)
+        unknown_rows = unknown_reqs = None
+        if ids.min() < 0:
+            unknown_rows = np.flatnonzero(ids < 0)
+            unknown_reqs = req_of_tok[unknown_rows]
+            ids[unknown_rows] = 0     # overwritten on the device before the forward
 
         bt = self._bt_host[:max(R, 1)]
+        src, lens = self._bt_src, self._bt_len
+        nblk = np.empty(R, dtype=np.int64)
         for i, r in enumerate(reqs):
-            n = len(r.block_ids)
+            b = r.block_ids
+            n = len(b)
+            nblk[i] = n
+            if src[i] is b and lens[i] == n:
+                continue    # same request, no new block: the row is already right
             if n > self.max_blocks:
                 raise ValueError(f"request {r.req_id} needs {n} blocks > {self.max_blocks}")
-            bt[i, :n] = r.block_ids
-        nblk = np.fromiter((len(r.block_ids) for r in reqs), dtype=np.int64, count=R)
+            bt[i, :n] = b
+            src[i], lens[i] = b, n
         blk_idx = positions // bs
         in_table = blk_idx < nblk[req_of_tok]
         slot_blocks = bt[req_of_tok, np.minimum(blk_idx, self.max_blocks - 1)].astype(np.int64)
@@ -188,6 +207,8 @@ class InputBuffers:
         return StepInputs(
             num_tokens=T, num_reqs=R, attn=attn, input_ids=self.input_ids[:Tp],
             positions=self.positions[:Tp],
-            logits_indices=torch.from_numpy(li).to(self.device, non_blocking=True),
+            logits_indices=(torch.from_numpy(li).pin_memory() if self._cuda else
+                            torch.from_numpy(li)).to(self.device, non_blocking=True),
             logits_indices_host=li, req_first_row=first_row, spec=spec,
-            hidden_rows_per_req=rows_per_req)
+            hidden_rows_per_req=rows_per_req, unknown_rows=unknown_rows,
+            unknown_reqs=unknown_reqs)
