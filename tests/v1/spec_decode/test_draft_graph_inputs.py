@@ -20,7 +20,7 @@ from vllm.v1.worker.cudagraph import CudaGraphRunner
 class EagerReplay(CudaGraphRunner):
     """'Captures' by remembering run_forward; replay(Tp) runs it over the first Tp rows."""
 
-    def capture(self, run_forward):
+    def capture(self, run_forward):  # noqa: D102
         self.fn = run_forward
         self.graphs = {T: None for T in self.sizes}
         self.captured = list(self.sizes)

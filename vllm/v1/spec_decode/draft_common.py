@@ -83,7 +83,7 @@ class DraftBatch:
                 return forward(bufs.input_ids[:T], bufs.positions[:T], T)
 
         limit = min(max_graph_tokens, bufs.max_tokens, MAX_DRAFT_GRAPH_TOKENS)
-        self.graphs = self.graph_runner_cls(default_capture_sizes(limit))
+        self.graphs = self.graph_runner_cls(default_capture_sizes(limit), name="draft")
         with torch.inference_mode():
             self.graphs.capture(run_forward)
 
