@@ -42,7 +42,7 @@ if has smol; then
   # plus the host cost per kernel-wrapper call.
   step 85 python3 $KPS "${SMOL[@]}" --batches 1,64 --modes graph,eager --fusion both \
     --steps 30 --launch-overhead --output "$R/kps_smollm2.json" > "$R/kps_smollm2.log" 2>&1
-  grep -E "^fusion=|host us" "$R/kps_smollm2.log"
+  grep -E "^fusion=|host us|== rc|Error" "$R/kps_smollm2.log"
 fi
 if has spec; then
   # SmolLM2 drafting for itself (k=4) at batch 1: drafter CUDA graphs on vs off.
@@ -50,13 +50,13 @@ if has spec; then
   if [ -z "$DRAFT" ]; then echo "spec part needs the GGUF; skipped"; else
   step 70 python3 $KPS "${SMOL[@]}" --batches 1 --modes graph --fusion on --draft-graphs both \
     --steps 20 --spec "$SPEC" --output "$R/kps_smollm2_draft.json" > "$R/kps_smollm2_draft.log" 2>&1
-  grep -E "^fusion=" "$R/kps_smollm2_draft.log"
+  grep -E "^fusion=|== rc|Error" "$R/kps_smollm2_draft.log"
   fi
 fi
 if has llama; then
   step 150 python3 $KPS --shapes llama3-8b --batches 1,64 --modes graph,eager --fusion both \
     --steps 10 --warmup 3 --no-cprofile --gpu-memory-utilization 0.5 \
     --output "$R/kps_llama8b.json" > "$R/kps_llama8b.log" 2>&1
-  grep -E "^fusion=" "$R/kps_llama8b.log"
+  grep -E "^fusion=|== rc|Error" "$R/kps_llama8b.log"
 fi
 echo "== done $(date +%T)"
