@@ -66,8 +66,9 @@ if has_triton():
         partner = tl.where(offs_d < ROT, partner, offs_d)
         j = tl.where(offs_d < HALF, offs_d, offs_d - HALF)
         cs_ok = offs_d < ROT
-        cos = tl.load(cs_ptr + pos * stride_cs + j, mask=cs_ok, other=1.0)[None, :]
-        sin = tl.load(cs_ptr + pos * stride_cs + HALF + j, mask=cs_ok, other=0.0)[None, :]
+        cos = tl.load(cs_ptr + pos * stride_cs + j, mask=cs_ok, other=1.0).to(tl.float32)[None, :]
+        sin = tl.load(cs_ptr + pos * stride_cs + HALF + j, mask=cs_ok,
+                      other=0.0).to(tl.float32)[None, :]
 
         # ---- q ----
         offs_hq = tl.arange(0, BLOCK_HQ)
