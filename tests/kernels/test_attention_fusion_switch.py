@@ -72,3 +72,25 @@ def test_fused_equals_unfused_layer(device, dtype, monkeypatch):
     assert (s1[1, 3:] == 0).all() and (s1[0] == 0).all()   # only rows 0..2 of layer 1 staged
     if device == "cpu":                         # the references: bit-identical
         assert torch.equal(o1, o2) and torch.equal(c1, c2) and torch.equal(s1, s2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fusion_saves_one_kernel_per_layer(monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = {}
+    for fused in (True, False):
+        layer = _layer(fused, monkeypatch, "cuda", torch.bfloat16)
+        x, pos, md, cache, staging = _inputs("cuda", torch.bfloat16)
+        ctx = ForwardContext(md, cache, staging)
+        with torch.inference_mode(), set_forward_context(ctx):
+            layer(pos, x)                       # compile / warm up
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                layer(pos, x)
+                torch.cuda.synchronize()
+        counts[fused] = sum(1 for e in prof.events()
+                            if "CUDA" in str(e.device_type) and "emcpy" not in e.name
+                            and "emset" not in e.name)
+    assert counts[True] == counts[False] - 1, counts
