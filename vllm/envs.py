@@ -92,6 +92,12 @@ _register("VLLM_DRAFT_CONFIDENCE_THRESHOLD", 0.0, _float("VLLM_DRAFT_CONFIDENCE_
           "Stop drafting once the draft's top probability falls below this (0 = never).")
 _register("VLLM_TRITON_DISABLE", False, _bool("VLLM_TRITON_DISABLE"),
           "Use the torch reference paths even on a GPU (debugging).")
+_register("VLLM_DISABLE_KERNEL_FUSION", False, _bool("VLLM_DISABLE_KERNEL_FUSION"),
+          "Launch the unfused kernel sequence (rotary, then the KV-cache write) instead of the "
+          "fused rope + KV-write kernel: before/after comparisons. Read when a model is built.")
+_register("VLLM_DRAFT_CUDA_GRAPHS", True, _bool("VLLM_DRAFT_CUDA_GRAPHS"),
+          "Replay the draft model's / EAGLE head's forward from CUDA graphs (CUDA, not "
+          "enforce_eager). 0 = run the drafter eagerly (before/after comparisons).")
 _register("VLLM_PORT_BASE", 29500, _int("VLLM_PORT_BASE"),
           "Base TCP port for the tensor-parallel process group rendezvous.")
 _register("VLLM_TP_FAULT_INJECT", None, _str,

@@ -60,8 +60,8 @@ class LlamaAttention(nn.Module):
         q = q.view(T, self.num_heads, self.head_dim)
         k = k.view(T, self.num_kv_heads, self.head_dim)
         v = v.view(T, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
-        return self.o_proj(self.attn(q, k, v))
+        # Rotary runs inside the attention layer, fused with the KV-cache write.
+        return self.o_proj(self.attn(q, k, v, positions, self.rotary))
 
 
 class LlamaMLP(nn.Module):

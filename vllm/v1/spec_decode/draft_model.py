@@ -12,8 +12,8 @@ from vllm import envs
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader import loader
-from vllm.v1.spec_decode.draft_common import (DraftBatch, greedy_with_confidence,
-                                              trim_at_low_confidence)
+from vllm.v1.spec_decode.draft_common import (DraftBatch, draft_graphs_wanted,
+                                              greedy_with_confidence, trim_at_low_confidence)
 from vllm.v1.worker.kv_cache_alloc import allocate_kv_cache, kv_bytes_per_block
 
 logger = init_logger(__name__)
@@ -62,6 +62,20 @@ class DraftModelProposer:
         max_tokens = sc.max_num_seqs * (sc.max_model_len + 1)
         self.batch = DraftBatch(min(max_tokens, 1 << 20), sc.max_num_seqs, max_blocks,
                                 self.block_size, self.device)
+        if draft_graphs_wanted(self.config, self.device):
+            model = self.model
+            self.batch.capture(lambda ids, pos, T: model(ids, pos), self.kv_cache,
+                               sc.max_num_seqs * (self.k + 1))
+
+    def _forward(self, items, input_ids=None):
+        """(hidden [T, H], last rows [R]): from a CUDA graph when one fits, else eagerly.
+        input_ids [T] (device) replaces the items' token ids."""
+        out = self.batch.run_graph(self.kv_cache, items, input_ids=input_ids)
+        if out is not None:
+            return out[0], out[1]
+        fn = None if input_ids is None else (lambda inp, t=input_ids: self.model.embed(t))
+        hidden, last, _ = self.batch.run(self.model, self.kv_cache, items, inputs_embeds_fn=fn)
+        return hidden, last
 
     def drop(self, req_id: str) -> None:
         self.computed.pop(req_id, None)
@@ -77,18 +91,19 @@ class DraftModelProposer:
             self.preemptions[r.req_id] = r.num_preemptions
             items.append((r.req_id, r.token_ids[c:n], c, r.block_ids))
             self.computed[r.req_id] = n
-        hidden, last, _ = self.batch.run(self.model, self.kv_cache, items)
+        hidden, last = self._forward(items)
         tok, ok = greedy_with_confidence(self.model.compute_logits(hidden[last]), self.threshold)
         toks, oks = [tok], [ok]
         pos = [len(r.token_ids) for r in reqs]
         for step in range(1, self.k):
-            items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
-            # the token ids are filled on the device from the previous step's argmax
-            hidden, last, inp = self.batch.run(
-                self.model, self.kv_cache, items,
-                inputs_embeds_fn=lambda inp, t=toks[-1]: self.model.embed(t))
-            tok, ok = greedy_with_confidence(self.model.compute_logits(hidden[last]),
-                                             self.threshold)
+            # the token ids are filled on the device from the previous step's argmax; from the
+            # second drafting step on, positions and slots advance on the device too
+            feats = self.batch.run_graph_next(toks[-1]) if step > 1 else None
+            if feats is None:
+                items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
+                hidden, last = self._forward(items, input_ids=toks[-1])
+                feats = hidden[last]
+            tok, ok = greedy_with_confidence(self.model.compute_logits(feats), self.threshold)
             toks.append(tok)
             oks.append(ok)
         drafts = torch.stack(toks, 1).tolist()

@@ -13,8 +13,8 @@ from vllm.config import VllmConfig
 from vllm.model_executor.layers.linear import default_init_
 from vllm.model_executor.model_loader import loader
 from vllm.model_executor.models.eagle import EagleHead
-from vllm.v1.spec_decode.draft_common import (DraftBatch, greedy_with_confidence,
-                                              trim_at_low_confidence)
+from vllm.v1.spec_decode.draft_common import (DraftBatch, draft_graphs_wanted,
+                                              greedy_with_confidence, trim_at_low_confidence)
 from vllm.v1.worker.kv_cache_alloc import allocate_kv_cache, kv_bytes_per_block
 
 
@@ -61,8 +61,14 @@ class EagleProposer:
                                           self.head_dim, self.dtype, self.device)
         sc = self.config.scheduler_config
         max_blocks = (sc.max_model_len + self.k + self.block_size - 1) // self.block_size + 1
+        hidden_size = self.config.model_config.hidden_size
         self.batch = DraftBatch(min(sc.max_num_seqs * (sc.max_model_len + 1), 1 << 20),
-                                sc.max_num_seqs, max_blocks, self.block_size, self.device)
+                                sc.max_num_seqs, max_blocks, self.block_size, self.device,
+                                hidden_size=hidden_size, dtype=self.dtype)
+        if draft_graphs_wanted(self.config, self.device):
+            head, target, hid = self.head, self.runner.model, self.batch.hidden
+            self.batch.capture(lambda ids, pos, T: head(target.embed(ids), hid[:T], pos),
+                               self.kv_cache, sc.max_num_seqs * (self.k + 1))
 
     def drop(self, req_id: str) -> None:
         for d in (self.stash, self.computed, self.preemptions):
@@ -96,6 +102,14 @@ class EagleProposer:
         feats, toks, oks = self._run(items, torch.cat(hid, 0))
         pos = [len(r.token_ids) - 1 for r in reqs]
         for step in range(1, self.k):
+            nxt = self.batch.run_graph_next(toks[-1], feats) if step > 1 else None
+            if nxt is not None:     # positions and slots advanced on the device
+                feats = nxt.clone()     # the graph's output buffer is reused next replay
+                tok, ok = greedy_with_confidence(self.runner.model.compute_logits(feats),
+                                                 self.threshold)
+                toks.append(tok)
+                oks.append(ok)
+                continue
             items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
             feats, tok, ok = self._run(items, feats, tokens=toks[-1])
             toks.append(tok[0])
@@ -108,6 +122,13 @@ class EagleProposer:
     def _run(self, items, hidden_rows, tokens=None):
         target = self.runner.model
         head = self.head
+        graphed = self.batch.run_graph(self.kv_cache, items, input_ids=tokens,
+                                       hidden=hidden_rows)
+        if graphed is not None:
+            out, last, _ = graphed
+            feats = out[last]
+            tok, ok = greedy_with_confidence(target.compute_logits(feats), self.threshold)
+            return feats, [tok], [ok]
 
         class _Wrapped(torch.nn.Module):
             def forward(self, input_ids, positions, inputs_embeds=None):
