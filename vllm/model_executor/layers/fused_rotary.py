@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm.platform import has_triton, use_triton
+from vllm.platform import has_triton, kernel_enabled, kernel_for
 
 if has_triton():
     import triton
@@ -61,18 +61,6 @@ if has_triton():
                       (offs_hk[:, None] < NUM_KV_HEADS) & j_ok[None, :], HALF)
 
 
-def kernel_for(kernel, device: torch.device):
-    """The Triton kernel to launch on ``device``. On the CPU (tests only) that needs the Triton
-    interpreter, which works only if TRITON_INTERPRET=1 was set before triton was imported."""
-    if torch.device(device).type == "cuda":
-        return kernel
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(kernel, InterpretedFunction):
-        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before "
-                           "triton is imported")
-    return kernel
-
-
 def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                      cos_sin: torch.Tensor, rotary_dim: int, force_triton: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +70,7 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     Kernel path: q and k are rotated IN PLACE and returned (see the module docstring).
     One launch, grid (T,), no host sync: CUDA-graph capturable. ``force_triton`` launches the
     kernel on CPU tensors through the Triton interpreter (tests)."""
-    if not (force_triton or use_triton(q.device)):
+    if not kernel_enabled(q.device, force_triton):
         return rotary_embedding_ref(positions, q, k, cos_sin, rotary_dim)
     T, Hq, D = q.shape
     Hkv = k.shape[1]

@@ -114,6 +114,10 @@ class MultiprocTPExecutor:
     def propose(self, reqs):
         return self._call("propose", reqs)
 
+    def spec_decode_counters(self):
+        # Every rank makes the same decisions; the driver's counters speak for all of them.
+        return self.driver_runner.spec_decode_counters()
+
     def shutdown(self) -> None:
         for c in self.conns:
             try:

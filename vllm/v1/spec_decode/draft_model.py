@@ -8,26 +8,19 @@ from __future__ import annotations
 
 import torch
 
-from vllm import envs
-from vllm.config import VllmConfig
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader import loader
-from vllm.v1.spec_decode.draft_common import (DraftBatch, greedy_with_confidence,
-                                              trim_at_low_confidence)
-from vllm.v1.worker.kv_cache_alloc import allocate_kv_cache, kv_bytes_per_block
+from vllm.v1.spec_decode.draft_common import DraftItem, PagedDrafter
+from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext
 
 logger = init_logger(__name__)
 
 
-class DraftModelProposer:
-    needs_hidden = False
-
-    def __init__(self, config: VllmConfig, runner):
+class DraftModelProposer(PagedDrafter):
+    def __init__(self, ctx: ProposerContext):
+        super().__init__(ctx)
+        config = ctx.config
         sc = config.speculative_config
-        self.k = sc.num_speculative_tokens
-        self.device = runner.device
-        self.dtype = runner.dtype
-        self.block_size = runner.block_size
         path = loader.resolve(sc.model)
         hf = loader.load_hf_config(path, config.model_config.load_format)
         if hf.vocab_size != config.model_config.vocab_size:
@@ -43,55 +36,19 @@ class DraftModelProposer:
             config.parallel_config.tensor_parallel_size
         hidden = getattr(hf, "hidden_size", None) or hf.n_embd
         self.head_dim = getattr(hf, "head_dim", None) or hidden // heads
-        self.config = config
-        self.computed: dict[str, int] = {}
-        self.preemptions: dict[str, int] = {}
-        self.threshold = envs.get("VLLM_DRAFT_CONFIDENCE_THRESHOLD")
-        self.kv_cache = None
 
-    def kv_bytes_per_block(self) -> int:
-        return kv_bytes_per_block(self.num_layers, self.block_size, self.kv_heads, self.head_dim,
-                                  self.dtype)
-
-    def initialize_kv_cache(self, num_blocks: int) -> None:
-        self.kv_cache = allocate_kv_cache(self.num_layers, num_blocks, self.block_size,
-                                          self.kv_heads, self.head_dim, self.dtype, self.device)
-        sc = self.config.scheduler_config
-        max_blocks = (sc.max_model_len + self.k + self.block_size - 1) // self.block_size + 1
-        # catch-up batches can hold whole prompts (after a prefill or a preemption)
-        max_tokens = sc.max_num_seqs * (sc.max_model_len + 1)
-        self.batch = DraftBatch(min(max_tokens, 1 << 20), sc.max_num_seqs, max_blocks,
-                                self.block_size, self.device)
-
-    def drop(self, req_id: str) -> None:
-        self.computed.pop(req_id, None)
-        self.preemptions.pop(req_id, None)
-
-    def propose(self, reqs) -> dict[str, list[int]]:
+    def _catch_up(self, reqs: list[ProposeReq]):
         items = []
         for r in reqs:
             n = len(r.token_ids)
-            c = self.computed.get(r.req_id, 0)
-            if self.preemptions.get(r.req_id, 0) != r.num_preemptions:
-                c = 0       # blocks were freed and reallocated: the drafter's K/V are gone
-            self.preemptions[r.req_id] = r.num_preemptions
+            c = self._resume(r, cached_after=n)
             items.append((r.req_id, r.token_ids[c:n], c, r.block_ids))
-            self.computed[r.req_id] = n
-        hidden, last, _ = self.batch.run(self.model, self.kv_cache, items)
-        tok, ok = greedy_with_confidence(self.model.compute_logits(hidden[last]), self.threshold)
-        toks, oks = [tok], [ok]
-        pos = [len(r.token_ids) for r in reqs]
-        for step in range(1, self.k):
-            items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
-            # the token ids are filled on the device from the previous step's argmax
-            hidden, last, inp = self.batch.run(
-                self.model, self.kv_cache, items,
-                inputs_embeds_fn=lambda inp, t=toks[-1]: self.model.embed(t))
-            tok, ok = greedy_with_confidence(self.model.compute_logits(hidden[last]),
-                                             self.threshold)
-            toks.append(tok)
-            oks.append(ok)
-        drafts = torch.stack(toks, 1).tolist()
-        ok_host = torch.stack(oks, 1).tolist() if oks[0] is not None else None
-        drafts = trim_at_low_confidence(drafts, ok_host)
-        return {r.req_id: d for r, d in zip(reqs, drafts) if d}
+        hidden, last = self.batch.run(self.model, self.kv_cache, items)
+        tok, ok = self._greedy(self.model.compute_logits(hidden[last]))
+        return tok, ok, None, [len(r.token_ids) for r in reqs]
+
+    def _extend(self, items: list[DraftItem], prev: torch.Tensor, state):
+        hidden, last = self.batch.run(self.model, self.kv_cache, items,
+                                      inputs_embeds_fn=lambda inp: self.model.embed(prev))
+        tok, ok = self._greedy(self.model.compute_logits(hidden[last]))
+        return tok, ok, None

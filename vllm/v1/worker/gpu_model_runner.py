@@ -17,10 +17,12 @@ from vllm.platform import nvtx_range
 from vllm.v1.core.sched_output import RunnerOutput, SchedulerOutput
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.sampler import Sampler
-from vllm.v1.spec_decode.proposer import ProposeReq, build_proposer
+from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
+from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext, build_proposer
+from vllm.v1.spec_decode.spec_step import SpecDecodeCounters, SpecDecodeStep
 from vllm.v1.worker.cudagraph import CudaGraphRunner, default_capture_sizes
 from vllm.v1.worker.input_batch import InputBuffers
-from vllm.v1.worker.kv_cache_alloc import allocate_kv_cache, kv_bytes_per_block, num_kv_blocks
+from vllm.v1.worker.kv_cache_alloc import num_kv_blocks
 from vllm.v1.worker.sampling_utils import gather_logprobs, mask_min_tokens
 
 logger = init_logger(__name__)
@@ -41,10 +43,12 @@ class GPUModelRunner:
         self.head_dim = mc.head_dim
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
-        self.proposer = build_proposer(config, self)
+        self.proposer = build_proposer(ProposerContext(
+            config, device, self.dtype, self.block_size, self.model,
+            lambda t, r, b: InputBuffers(t, r, b, self.block_size, device)))
         self.kv_cache: Optional[torch.Tensor] = None
         self.graphs = CudaGraphRunner([])
-        self.spec_step = None   # SpecDecodeStep when speculative decoding is on
+        self.spec_step: Optional[SpecDecodeStep] = None   # when speculative decoding is on
         self.step_times: list[float] = []
 
     # ------------------------------------------------------------------ set-up
@@ -84,7 +88,6 @@ class GPUModelRunner:
         self.buffers = InputBuffers(self.max_tokens, sc.max_num_seqs, max_blocks,
                                     self.block_size, self.device)
         if cfg.speculative_config is not None:
-            from vllm.v1.spec_decode.spec_step import SpecDecodeStep
             self.spec_step = SpecDecodeStep(cfg, self.device, self.num_layers, self.num_kv_heads,
                                             self.head_dim, self.dtype)
         if self.device.type == "cuda" and not cfg.enforce_eager:
@@ -94,7 +97,10 @@ class GPUModelRunner:
 
     @property
     def staging(self) -> Optional[torch.Tensor]:
-        return self.spec_step.nwor.staging if self.spec_step else None
+        return self.spec_step.staging if self.spec_step else None
+
+    def spec_decode_counters(self) -> Optional[SpecDecodeCounters]:
+        return self.spec_step.counters() if self.spec_step else None
 
     def _graph_forward(self, T: int) -> torch.Tensor:
         md = self.buffers.attn_view(T, with_stage=self.staging is not None)
@@ -126,11 +132,10 @@ class GPUModelRunner:
     def _step(self, so: SchedulerOutput):
         reqs = so.reqs
         spec = self.spec_step
-        staged = spec is not None and spec.nwor.use_for_step(so.num_spec_tokens)
+        plan = spec.plan(so) if spec is not None else None
         T = so.num_tokens
         Tp = self.graphs.padded_size(T)
-        inp = self.buffers.prepare(so, Tp or T, stage_drafts=staged,
-                                   keep_stage_index=self.staging is not None)
+        inp = self.buffers.prepare(so, Tp or T, plan)
         with nvtx_range("forward"):
             if Tp is not None:
                 hidden = self.graphs.replay(Tp)[:T]
@@ -138,8 +143,8 @@ class GPUModelRunner:
                 ctx = ForwardContext(inp.attn, self.kv_cache, self.staging)
                 with set_forward_context(ctx):
                     hidden = self.model(inp.input_ids, inp.positions)[:T]
-        if getattr(self.proposer, "needs_hidden", False):
-            self.proposer.observe(so, hidden, inp.hidden_rows_per_req)   # EAGLE
+        if self.proposer is not None:
+            self.proposer.observe_target(so, hidden, inp.hidden_rows_per_req)
         logits = self.model.compute_logits(hidden[inp.logits_indices])   # [N, V] fp32
 
         plain = [i for i, r in enumerate(reqs) if r.sample and r.num_spec == 0]
@@ -152,8 +157,9 @@ class GPUModelRunner:
             plain_tokens = self.sampler(plain_logits, md, compute_selected=False).sampled_token_ids
         spec_out = None
         if inp.spec is not None:
+            plan = plan.with_drafts(inp.spec)
             md = self._sampling_metadata([reqs[i] for i in inp.spec.req_indices])
-            spec_out = spec.verify_and_commit(inp.spec, logits, md, self.kv_cache, staged)
+            spec_out = spec.verify_and_commit(plan, logits, md, self.kv_cache)
 
         # The one host sync of the step.
         sampled: list[list[int]] = [[] for _ in reqs]
@@ -161,8 +167,7 @@ class GPUModelRunner:
             for i, tok in zip(plain, plain_tokens.tolist()):
                 sampled[i] = [tok]
         if spec_out is not None:
-            for i, toks in zip(inp.spec.req_indices, spec.to_host(
-                    spec_out, inp.spec.num_draft_tokens, staged)):
+            for i, toks in zip(plan.drafts.req_indices, spec.to_host(plan, spec_out)):
                 sampled[i] = toks
         return sampled, logits, inp
 
