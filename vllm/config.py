@@ -8,7 +8,7 @@ blocks is measured by the executor and passed to the runner and the scheduler
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 import torch

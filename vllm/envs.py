@@ -93,10 +93,6 @@ _register("VLLM_TRITON_DISABLE", False, _bool("VLLM_TRITON_DISABLE"),
           "Use the torch reference paths even on a GPU (debugging).")
 _register("VLLM_PORT_BASE", 29500, _int("VLLM_PORT_BASE"),
           "Base TCP port for the tensor-parallel process group rendezvous.")
-_register("TARGET_MODEL", None, _str, "Profiling tools: target model (default: the default model).")
-_register("DRAFT_MODEL", None, _str, "Profiling tools: draft model for draft_model / eagle.")
-_register("TENSOR_PARALLEL_SIZE", 1, _int("TENSOR_PARALLEL_SIZE"),
-          "Profiling tools: tensor-parallel size.")
 
 
 def get(name: str) -> Any:

@@ -44,7 +44,7 @@ for b in $BATCHES; do
     for t in $TEMPS; do
       f="$OUT/latency_b${b}_k${k}_t${t}.json"
       echo "== batch=$b k=$k T=$t -> $f" >&2
-      "$PY" tools/profiling/run_nwor_microbench.py --scenario "$SCENARIO" --requests "$b" \
+      "$PY" -m tools.profiling.run_nwor_microbench --scenario "$SCENARIO" --requests "$b" \
         --batches "$NUM_BATCHES" --draft-tokens "$k" --temperature "$t" \
         --nwor-modes "$NWOR" --scv-modes "$SCV" --output "$f" --no-progress "$@" || rc=1
       [ -f "$f" ] && files+=("$f")
@@ -52,6 +52,6 @@ for b in $BATCHES; do
   done
 done
 if [ ${#files[@]} -gt 0 ]; then
-  "$PY" tools/profiling/sweep_summary.py "${files[@]}" | tee "$OUT/latency_sweep_summary.txt"
+  "$PY" -m tools.profiling.sweep_summary "${files[@]}" | tee "$OUT/latency_sweep_summary.txt"
 fi
 exit $rc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Iterable, Optional
+from typing import Iterable
 
 from vllm.config import VllmConfig
 from vllm.logger import init_logger

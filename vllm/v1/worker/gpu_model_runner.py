@@ -8,7 +8,6 @@ from typing import Optional
 
 import torch
 
-from vllm import envs
 from vllm.config import VllmConfig
 from vllm.forward_context import ForwardContext, set_forward_context
 from vllm.logger import init_logger
