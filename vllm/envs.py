@@ -104,22 +104,9 @@ def get(name: str) -> Any:
     return var.parse(raw)
 
 
-def is_set(name: str) -> bool:
-    return os.environ.get(name) not in (None, "")
-
-
-def raw_environ() -> dict[str, str]:
-    """A copy of the whole environment, for child processes (TP workers, servers in tests)."""
-    return dict(os.environ)
-
-
 def set_default(name: str, value: str) -> None:
     """Set a variable for this process and its children unless the user already set it."""
     os.environ.setdefault(name, value)
-
-
-def describe() -> str:
-    return "\n".join(f"{v.name} (default {v.default!r}): {v.doc}" for v in _VARS.values())
 
 
 def __getattr__(name: str) -> Any:

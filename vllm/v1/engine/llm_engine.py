@@ -2,7 +2,6 @@
 results, draft the next tokens, detokenize, report."""
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -63,7 +62,6 @@ class LLMEngine:
         self.seqs: dict[str, _Seq] = {}
         self.parents: dict[str, _Parent] = {}
         self._child_to_parent: dict[str, str] = {}
-        self._ids = itertools.count()
         self._last_log = time.monotonic()
         self._log_interval = envs.get("VLLM_LOG_STATS_INTERVAL")
 
@@ -82,9 +80,6 @@ class LLMEngine:
         return eos
 
     # ------------------------------------------------------------------ requests
-    def new_request_id(self) -> str:
-        return str(next(self._ids))
-
     def tokenize(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: pass token ids as the prompt")

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from vllm.logger import init_logger
 from vllm.model_executor.model_loader import loader
 from vllm.v1.spec_decode.draft_common import DraftItem, PagedDrafter
 from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext
-
-logger = init_logger(__name__)
 
 
 class DraftModelProposer(PagedDrafter):

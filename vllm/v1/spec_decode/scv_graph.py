@@ -52,7 +52,6 @@ class ScvGraphCache:
         self.buckets = batch_buckets(max_num_reqs)
         self.num_captures = 0
         self.capture_failures = 0
-        self.last_capture_error: Optional[str] = None
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._failed: set[tuple[int, int]] = set()
         self._seen: dict[tuple[int, int], int] = {}
@@ -119,7 +118,6 @@ class ScvGraphCache:
         except Exception as exc:  # capture is an optimization: never fail the step for it
             self._failed.add(key)
             self.capture_failures += 1
-            self.last_capture_error = f"{type(exc).__name__}: {exc}"
             log_once(logger, logging.WARNING, "scv-graph-capture-failed",
                      "SCV: CUDA graph capture failed (%r: %s); using 'vectorized' for this shape",
                      type(exc).__name__, exc)
