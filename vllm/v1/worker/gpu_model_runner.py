@@ -13,10 +13,10 @@ from vllm.forward_context import ForwardContext, set_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.loader import load_model
 from vllm.platform import nvtx_range
+from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
 from vllm.v1.core.sched_output import RunnerOutput, SchedulerOutput
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.sampler import Sampler
-from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
 from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext, build_proposer
 from vllm.v1.spec_decode.spec_step import SpecDecodeCounters, SpecDecodeStep
 from vllm.v1.worker.cudagraph import CudaGraphRunner, default_capture_sizes
