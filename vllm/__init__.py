@@ -1,8 +1,7 @@
 """vllm: a from-scratch, vLLM-compatible inference engine with NWOR and SCV speculative decoding."""
-__version__ = "0.1.0"
-
-from vllm.outputs import CompletionOutput, RequestOutput  # noqa: E402
-from vllm.sampling_params import SamplingParams  # noqa: E402
+from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.sampling_params import SamplingParams
+from vllm.version import __version__
 
 
 def __getattr__(name):

@@ -1,12 +1,14 @@
 """Engine configuration: built once from the user's arguments, then read-only.
 
-Runtime-derived values (number of KV blocks, CUDA-graph capture sizes) live in ``EngineState``
-(vllm/v1/worker/state.py), never here.
+Runtime-derived values live with the component that derives them, never here: the number of KV
+blocks is measured by the executor and passed to the runner and the scheduler
+(vllm/v1/engine/llm_engine.py); CUDA-graph capture sizes belong to CudaGraphRunner
+(vllm/v1/worker/cudagraph.py).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 import torch

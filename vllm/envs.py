@@ -119,10 +119,6 @@ _register("MASTER_ADDR", None, _str, "env:// rendezvous: address of the host of 
 _register("MASTER_PORT", None, _int("MASTER_PORT"),
           "env:// rendezvous: torch.distributed's port on rank 0's host; vllm's control "
           "connections use MASTER_PORT + 1.")
-_register("TARGET_MODEL", None, _str, "Profiling tools: target model (default: the default model).")
-_register("DRAFT_MODEL", None, _str, "Profiling tools: draft model for draft_model / eagle.")
-_register("TENSOR_PARALLEL_SIZE", 1, _int("TENSOR_PARALLEL_SIZE"),
-          "Profiling tools: tensor-parallel size.")
 
 
 def get(name: str) -> Any:
@@ -132,15 +128,6 @@ def get(name: str) -> Any:
     if raw is None or raw == "":
         return var.default
     return var.parse(raw)
-
-
-def is_set(name: str) -> bool:
-    return os.environ.get(name) not in (None, "")
-
-
-def raw_environ() -> dict[str, str]:
-    """A copy of the whole environment, for child processes (TP workers, servers in tests)."""
-    return dict(os.environ)
 
 
 def set_default(name: str, value: str) -> None:
@@ -162,10 +149,6 @@ def scoped(values: dict[str, str]):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def describe() -> str:
-    return "\n".join(f"{v.name} (default {v.default!r}): {v.doc}" for v in _VARS.values())
 
 
 def __getattr__(name: str) -> Any:

@@ -24,6 +24,34 @@ def use_triton(device: torch.device | str) -> bool:
     return dev.type == "cuda" and has_triton() and not envs.get("VLLM_TRITON_DISABLE")
 
 
+def kernel_enabled(device: torch.device | str, force_triton: bool = False) -> bool:
+    """Whether a kernel wrapper launches its Triton kernel (else it runs the torch reference).
+    ``force_triton`` (tests) launches it even on CPU tensors, through the Triton interpreter."""
+    if force_triton:
+        if not has_triton():
+            raise RuntimeError("force_triton=True but triton is not importable")
+        return True
+    return use_triton(device)
+
+
+def kernel_for(kernel, device: torch.device | str):
+    """The Triton kernel to launch on ``device``. On the CPU (tests only) that needs the Triton
+    interpreter, which works only if TRITON_INTERPRET=1 was set before triton was imported."""
+    if torch.device(device).type == "cuda":
+        return kernel
+    from triton.runtime.interpreter import InterpretedFunction
+    if not isinstance(kernel, InterpretedFunction):
+        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before "
+                           "triton is imported")
+    return kernel
+
+
+def nonempty(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a one-element stand-in when it is empty: Triton wants a real pointer and an
+    empty CUDA tensor may have data_ptr 0. Kernels mask every load of it (never read)."""
+    return t if t.numel() > 0 else torch.zeros(1, dtype=t.dtype, device=t.device)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

@@ -4,7 +4,8 @@ that are -1 must stay untouched."""
 import pytest
 import torch
 
-from vllm.v1.attention.kv_write import PADDING_SLOT_ID, write_kv, write_kv_ref
+from vllm.v1.attention.kv_write import write_kv, write_kv_ref
+from vllm.v1.constants import PADDING_SLOT_ID
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 SENTINEL = -12345.0

@@ -3,7 +3,7 @@ CUDA) vs the reference. Rejected / unused rows (-1) must never touch the cache (
 import pytest
 import torch
 
-from vllm.v1.attention.kv_write import PADDING_SLOT_ID
+from vllm.v1.constants import PADDING_SLOT_ID
 from vllm.v1.spec_decode.nwor_commit import commit_staged_kv, commit_staged_kv_ref
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

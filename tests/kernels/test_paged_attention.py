@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from vllm.v1.attention.kv_write import write_kv, write_kv_ref
+from vllm.v1.attention.kv_write import write_kv
 from vllm.v1.attention.paged_attention import paged_attention, paged_attention_ref
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from vllm.model_executor.layers.fused_rotary import rotary_embedding_ref
-from vllm.v1.attention.kv_write import PADDING_SLOT_ID, write_kv_ref
+from vllm.v1.attention.kv_write import write_kv_ref
+from vllm.v1.constants import PADDING_SLOT_ID
 from vllm.v1.attention.rope_kv_write import rope_write_kv, rope_write_kv_ref
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

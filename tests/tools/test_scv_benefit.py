@@ -1,7 +1,6 @@
 """tools/profiling/scv_benefit.py: a tiny CPU run (CPU activities only) and the trace
 summary on a hand-made CUDA-like Chrome trace."""
 import json
-import os
 import random
 
 import pytest

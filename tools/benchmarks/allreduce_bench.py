@@ -27,8 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import run_meta, write_json  # noqa: E402
+from tools.common import run_metadata as run_meta, write_json  # noqa: E402
 
 from vllm import envs  # noqa: E402
 from vllm.v1.engine.tp_executor import NVLS_OFF_DEFAULTS  # noqa: E402

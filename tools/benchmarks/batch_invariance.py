@@ -4,20 +4,16 @@ n-gram speculation at batch B. Reports, per dtype, how many requests differ from
 output and at which token they first diverge. A bf16 difference without speculation is GEMM
 reduction-order noise (row count changes the kernel), not a spec-decode bug.
 
-Example (H100): python tools/benchmarks/batch_invariance.py --model /path/SmolLM2.gguf \
+Example (H100): python3 -m tools.benchmarks.batch_invariance --model /path/SmolLM2.gguf \
                     --output sweeps/batch_invariance_h100.json
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
-from bench_nwor import CODE_PROMPT as CODE  # noqa: E402
-from common import run_meta, write_json  # noqa: E402
-
-from vllm import LLM, SamplingParams  # noqa: E402
+from tools.benchmarks.bench_nwor import CODE_PROMPT as CODE
+from tools.common import run_metadata, write_json
+from vllm import LLM, SamplingParams
 
 CHAT = "Explain in two sentences why the sky is blue."
 
@@ -36,7 +32,7 @@ def main() -> None:
     ap.add_argument("--output", default="sweeps/batch_invariance.json")
     args = ap.parse_args()
     sp = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
-    res = {"config": {**run_meta(), **vars(args)}, "rows": []}
+    res = {"config": {**run_metadata(), **vars(args)}, "rows": []}
     for dtype in args.dtypes.split(","):
         refs = None
         for spec in (None, {"method": "ngram", "num_speculative_tokens": args.k}):

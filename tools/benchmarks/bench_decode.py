@@ -5,28 +5,24 @@
     (weight bytes + KV bytes read per step) / step time, against a measured copy bandwidth;
 (c) transformers' generate on the same model and prompts, in the same run.
 
-Example (H100):  python tools/benchmarks/bench_decode.py --model /path/SmolLM2.gguf \
+Example (H100):  python3 -m tools.benchmarks.bench_decode --model /path/SmolLM2.gguf \
                      --output sweeps/bench_decode_h100.json
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import gpu_busy  # noqa: E402
-from common import (Timer, kv_bytes_per_token, llama3_8b_folder, run_meta, sync,  # noqa: E402
-                    weight_bytes, write_json)
-
-from vllm import LLM, SamplingParams  # noqa: E402
+from tools.benchmarks import gpu_busy
+from tools.common import Timer, llama3_8b_folder, run_metadata, sync, weight_bytes, write_json
+from tools.profiling.byte_model import kv_bytes_per_token_of
+from vllm import LLM, SamplingParams
 
 
 def _prompts(batch: int, length: int, vocab: int, seed: int) -> list[dict]:
@@ -135,7 +131,7 @@ def _part_b(batches: list[int], max_tokens: int, prompt_len: int, bw: float,
     eng = llm.llm_engine
     mc = eng.config.model_config
     wbytes = weight_bytes(eng.executor.driver_runner.model)
-    kvtok = kv_bytes_per_token(mc)
+    kvtok = kv_bytes_per_token_of(mc)
     out = []
     for b in batches:
         r = run_engine(llm, b, prompt_len, max_tokens)
@@ -201,7 +197,7 @@ def main() -> None:
     ap.add_argument("--output", default="sweeps/bench_decode.json")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
-    res = {"config": {**run_meta(), **vars(args)}}
+    res = {"config": {**run_metadata(), **vars(args)}}
     bw = copy_bandwidth()
     res["copy_bandwidth_bytes_per_s"] = bw
     if "a" in parts:

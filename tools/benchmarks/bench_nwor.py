@@ -36,8 +36,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import kv_bytes_per_token, llama3_8b_folder, run_meta, sync, write_json  # noqa: E402
+from tools.common import llama3_8b_folder, run_metadata as run_meta, sync, write_json  # noqa: E402
+from tools.profiling.byte_model import kv_bytes_per_token_of as kv_bytes_per_token  # noqa: E402,E501
 
 from vllm import LLM, SamplingParams  # noqa: E402
 

@@ -5,24 +5,19 @@ acceptance length for n-gram drafting and the target as its own draft, against n
 plus transformers' prompt-lookup assisted generation on the same prompts, same run. Code
 prompts (where n-gram helps) and chat prompts (where it does not).
 
-Example (H100): python tools/benchmarks/bench_spec.py --model /path/SmolLM2.gguf \
+Example (H100): python3 -m tools.benchmarks.bench_spec --model /path/SmolLM2.gguf \
                     --output sweeps/bench_spec_h100.json
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import os
-import sys
-import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import Timer, run_meta, write_json  # noqa: E402
-from prompts.spec_prompts import render  # noqa: E402
-
-from vllm import LLM, SamplingParams  # noqa: E402
+from tools.benchmarks.prompts.spec_prompts import render
+from tools.common import Timer, run_metadata, write_json
+from vllm import LLM, SamplingParams
 
 
 def _spec_counts(llm) -> tuple[int, int]:
@@ -105,7 +100,7 @@ def main():
     batches = [int(x) for x in args.batches.split(",")]
     temps = [float(x) for x in args.temperatures.split(",")]
     ks = [int(x) for x in args.ks.split(",")]
-    res = {"config": {**run_meta(), **vars(args)}, "rows": []}
+    res = {"config": {**run_metadata(), **vars(args)}, "rows": []}
     tokenizer = None
     for method in args.methods.split(","):
         # no-spec runs twice, synchronous and asynchronous scheduling; speculative engines

@@ -28,8 +28,7 @@ import time
 
 import httpx
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import llama3_8b_folder, run_meta, write_json  # noqa: E402
+from tools.common import llama3_8b_folder, run_metadata as run_meta, write_json  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

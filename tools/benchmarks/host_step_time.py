@@ -4,20 +4,16 @@ stats), at a given batch size. The model's forward is whatever the device makes 
 `_process` share is host Python and comparable across devices.
 
 Example (CPU, default model with its real tokenizer):
-  python tools/benchmarks/host_step_time.py --batch 64 --output sweeps/host_step_cpu.json
+  python3 -m tools.benchmarks.host_step_time --batch 64 --output sweeps/host_step_cpu.json
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import run_meta, sync, write_json  # noqa: E402
-
-from vllm import LLM, SamplingParams  # noqa: E402
+from tools.common import run_metadata, sync, write_json
+from vllm import LLM, SamplingParams
 
 
 def main() -> None:
@@ -57,7 +53,7 @@ def main() -> None:
         proc_ms.append(1e3 * sum(spent) / len(spent))
         while eng.has_unfinished_requests():
             eng.step()
-    res = {"config": {**run_meta(), **vars(args)},
+    res = {"config": {**run_metadata(), **vars(args)},
            "ms_per_step_median": statistics.median(step_ms), "ms_per_step": step_ms,
            "process_ms_per_step_median": statistics.median(proc_ms), "process_ms": proc_ms}
     print(f"batch {args.batch}: {res['ms_per_step_median']:.3f} ms/step, of which output "

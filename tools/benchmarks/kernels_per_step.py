@@ -35,8 +35,7 @@ import warnings
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import llama3_8b_folder, run_meta, sync, write_json  # noqa: E402
+from tools.common import llama3_8b_folder, run_metadata as run_meta, sync, write_json  # noqa: E402
 
 from vllm import LLM, SamplingParams  # noqa: E402
 

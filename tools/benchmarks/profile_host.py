@@ -7,16 +7,13 @@ import cProfile
 import io
 import os
 import pstats
-import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import run_meta, write_json  # noqa: E402
-
-from vllm import LLM, SamplingParams  # noqa: E402
+from tools.common import run_metadata, write_json
+from vllm import LLM, SamplingParams
 
 
 def smollm2_shapes(root: str) -> str:
@@ -46,7 +43,7 @@ def main():
     llm = LLM(model, max_model_len=1024, gpu_memory_utilization=0.4, speculative_config=spec,
               **kw)
     eng = llm.llm_engine
-    res = {"config": {**run_meta(), **vars(args)}, "runs": []}
+    res = {"config": {**run_metadata(), **vars(args)}, "runs": []}
     for b in [int(x) for x in args.batches.split(",")]:
         sp = SamplingParams(temperature=0, max_tokens=args.steps + 20, ignore_eos=True)
         for i in range(b):

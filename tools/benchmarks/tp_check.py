@@ -7,26 +7,22 @@ dummy weights, whose near-ties make bf16 token equality fragile). Then decode to
 batch size. Optionally the NWOR microbench per TP size (--microbench).
 
 Examples:
-  CPU (gloo):  python tools/benchmarks/tp_check.py --model /path/tiny --tp-sizes 1,2
-  2 GPUs:      python tools/benchmarks/tp_check.py --model llama3-8b-dummy --dtype bfloat16 \
+  CPU (gloo):  python3 -m tools.benchmarks.tp_check --model /path/tiny --tp-sizes 1,2
+  2 GPUs:      python3 -m tools.benchmarks.tp_check --model llama3-8b-dummy --dtype bfloat16 \
                    --output sweeps/tp_check_llama8b.json
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import os
 import random
-import sys
 import tempfile
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from common import Timer, llama3_8b_folder, run_meta, write_json  # noqa: E402
-
-from vllm import LLM, SamplingParams  # noqa: E402
+from tools.common import Timer, llama3_8b_folder, run_metadata, write_json
+from vllm import LLM, SamplingParams
 
 
 def _prompts(n: int, length: int, vocab: int, seed: int) -> list[dict]:
@@ -117,7 +113,7 @@ def main() -> None:
         print(f"TP={c['tp']} vs TP=1: {c['identical_requests']}/{c['requests']} identical, "
               f"max |dlogprob| {c['max_abs_logprob_diff_common_prefix']:.3g}, speed-up "
               + ", ".join(f"{s:.2f}x" for s in c["speedup_vs_tp1"]))
-    write_json(args.output, {"config": {**run_meta(), **vars(args), "model": model},
+    write_json(args.output, {"config": {**run_metadata(), **vars(args), "model": model},
                              "runs": [{k: r[k] for k in ("tp", "speed", "cuda_graphs",
                                                          "graph_replays", "shutdown")}
                                       for r in runs],

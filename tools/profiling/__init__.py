@@ -1,4 +1,5 @@
 """Profiling tools for NWOR / SCV: the microbench, Nsight Compute helpers, the SCV benefit study.
 
-Run the scripts from the repository root (``python tools/profiling/run_nwor_microbench.py``);
-the modules import each other as ``tools.profiling.*``. See docs/profiling.md."""
+Run the scripts as modules from the repository root
+(``python3 -m tools.profiling.run_nwor_microbench ...``); shared helpers are in tools/common.py.
+See docs/profiling.md."""

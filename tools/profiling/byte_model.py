@@ -44,6 +44,12 @@ def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype:
     return num_layers * 2 * num_kv_heads * head_dim * dtype_bytes(dtype)
 
 
+def kv_bytes_per_token_of(model_config) -> int:
+    """kv_bytes_per_token of an engine's ModelConfig (all KV heads: one TP rank holds 1/tp)."""
+    mc = model_config
+    return kv_bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, mc.dtype)
+
+
 def geometry_from_config(model_config, tensor_parallel_size: int = 1) -> dict[str, Any]:
     """Model geometry from `llm.llm_engine.config.model_config`."""
     mc = model_config

@@ -3,7 +3,7 @@
 bandwidth comparison: DRAM writes / reads, L2 write sectors, throughput, GPU time, with the
 byte model's prediction beside each KV number.
 
-  python tools/profiling/ncu_stats.py sweeps/ncu_analysis/small_baseline_t0.7.json \
+  python3 -m tools.profiling.ncu_stats sweeps/ncu_analysis/small_baseline_t0.7.json \
       sweeps/ncu_analysis/small_nwor_t0.7.json > sweeps/ncu_analysis/small_t0.7_stats.txt
 
 How to read it: docs/profiling.md ("Reading the NCU stats").
@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Optional
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-from tools.profiling import common  # noqa: E402
+from tools import common
 
 MB = 1e6
 SECTOR = 32   # bytes per L2 sector

@@ -36,7 +36,7 @@ rc=0
 for t in $TEMPS; do
   f="$OUT/latency_nwor_t${t}.json"
   echo "== T=$t batches=[$BATCHES] k=[$KS] -> $f" >&2
-  "$PY" tools/benchmarks/bench_nwor.py --models "$MODELS" \
+  "$PY" -m tools.benchmarks.bench_nwor --models "$MODELS" \
     --model "${TARGET_MODEL:-SmolLM2-135M-Instruct}" --batches "$(echo $BATCHES | tr ' ' ,)" \
     --ks "$(echo $KS | tr ' ' ,)" --temperature "$t" --output "$f" "$@" || rc=1
 done

@@ -7,7 +7,7 @@ batches are excluded from latencies and from every counter (counters are deltas 
 measured batches). Output: one JSON, {"config": {...}, "summary": {"per_mode": [...]}}
 (ARCHITECTURE.md "Microbench output"), and a table on stdout. See docs/profiling.md.
 
-  python tools/profiling/run_nwor_microbench.py --scenario short --requests 8 --batches 4 \
+  python3 -m tools.profiling.run_nwor_microbench --scenario short --requests 8 --batches 4 \
       --draft-tokens 4 --nwor-modes off,stage --scv-modes off,graph --output out.json
 
 Models: --target-model / --draft-model, else the TARGET_MODEL / DRAFT_MODEL environment
@@ -22,12 +22,9 @@ import sys
 import time
 import traceback
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-from tools.profiling import byte_model, common  # noqa: E402
-from tools.profiling import prompts as prompt_sets  # noqa: E402
+from tools import common
+from tools.profiling import byte_model
+from tools.profiling import prompts as prompt_sets
 
 NWOR_MODES = ("off", "stage")
 SCV_MODES = ("off", "vectorized", "graph", "adaptive")
@@ -123,11 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------------------------------------
 def resolve_models(args) -> dict:
-    from vllm import envs
     from vllm.engine.arg_utils import DEFAULT_MODEL
-    target = args.target_model or envs.get("TARGET_MODEL") or DEFAULT_MODEL
-    draft = args.draft_model or envs.get("DRAFT_MODEL")
-    tp = args.tensor_parallel_size or envs.get("TENSOR_PARALLEL_SIZE") or 1
+    target = args.target_model or common.tool_env("TARGET_MODEL") or DEFAULT_MODEL
+    draft = args.draft_model or common.tool_env("DRAFT_MODEL")
+    tp = args.tensor_parallel_size or common.tool_env("TENSOR_PARALLEL_SIZE") or 1
     method = args.spec_method
     if method is None:
         method = "ngram" if not draft else ("eagle" if "eagle" in draft.lower()
@@ -314,7 +310,7 @@ def per_mode_entry(args, nwor, scv, scv_effective, m: dict, geometry: dict, lat:
 # ---------------------------------------------------------------------------------------------
 def _child_argv(args, models: dict, nwor: str, scv: str, out: str) -> list[str]:
     """The same workload, one mode, for the process ncu runs (models as resolved here)."""
-    argv = [os.path.abspath(__file__)]
+    argv = ["-m", "tools.profiling.run_nwor_microbench"]
     for name in _WORKLOAD_FLAGS:
         v = models[name] if name in ("target_model", "draft_model", "spec_method",
                                      "tensor_parallel_size") else getattr(args, name)
@@ -366,7 +362,7 @@ def run_ncu_for_mode(args, models: dict, nwor: str, scv: str, ncu_path: str, pas
             cmd = ncu.kernels_cmd(ncu_path, report, app, kernel_regex=args.ncu_kernel_regex,
                                   profile_from_start=from_start,
                                   launch_count=args.ncu_launch_count)
-        ncu.run(cmd, report + ".log", timeout=args.ncu_timeout)
+        ncu.run(cmd, report + ".log", timeout=args.ncu_timeout, env=common.child_env())
         csvs[ps] = ncu.export_csv(ncu_path, report, report + ".csv")
         info[f"{ps}_command"] = " ".join(cmd)
         info[f"{ps}_csv"] = report + ".csv"

@@ -32,4 +32,4 @@ E2E_ARGS=${E2E_ARGS:-"--scenario short --requests 8 --batches 4"}
 flags=(--output-dir "$OUT")
 [ "$E2E" = 1 ] && flags+=(--e2e --e2e-args "$E2E_ARGS")
 [ "$NSYS" = 1 ] && flags+=(--nsys)
-exec "$PY" tools/profiling/scv_benefit.py "${flags[@]}" "$@"
+exec "$PY" -m tools.profiling.scv_benefit "${flags[@]}" "$@"

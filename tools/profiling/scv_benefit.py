@@ -34,11 +34,7 @@ import sys
 import time
 from typing import Optional
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-from tools.profiling import common  # noqa: E402
+from tools import common
 
 MODES = ("off", "vectorized", "graph", "adaptive")
 LAUNCH_CALLS = {"cudaLaunchKernel", "cudaLaunchKernelExC", "cudaLaunchKernelEx",
@@ -236,11 +232,10 @@ def summarize_trace(trace: dict, calls_per_shape: int) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 def run_e2e(args, modes: list[str], out_dir: str) -> dict:
     out = os.path.join(out_dir, "e2e_microbench.json")
-    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                        "run_nwor_microbench.py"),
+    cmd = [*common.python_module_cmd("tools.profiling.run_nwor_microbench"),
            *shlex.split(args.e2e_args), "--nwor-modes", "off", "--scv-modes", ",".join(modes),
            "--output", out]
-    p = subprocess.run(cmd)
+    p = subprocess.run(cmd, env=common.child_env())
     res = {"command": " ".join(shlex.quote(c) for c in cmd), "json": out, "rc": p.returncode}
     if os.path.exists(out):
         with open(out) as f:
@@ -270,13 +265,14 @@ def run_nsys(args, modes: list[str], out_dir: str) -> dict:
         rep = os.path.join(out_dir, f"scv_{mode}_nsys")
         tmp = os.path.join(out_dir, f"nsys_run_{mode}")
         cmd = [nsys, "profile", "--trace", "cuda,nvtx,osrt", "--force-overwrite", "true",
-               "-o", rep, sys.executable, os.path.abspath(__file__), "--modes", mode,
+               "-o", rep, *common.python_module_cmd("tools.profiling.scv_benefit"), "--modes", mode,
                "--batch-sizes", args.batch_sizes, "--draft-tokens", args.draft_tokens,
                "--iters", str(min(args.iters, 50)), "--profile-iters", "5",
                "--output-dir", tmp, "--no-progress"]
         entry: dict = {"command": " ".join(shlex.quote(c) for c in cmd)}
         try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                               env=common.child_env())
             entry["rc"] = p.returncode
             entry["log_tail"] = (p.stdout + p.stderr)[-1500:]
             if os.path.exists(rep + ".nsys-rep"):

@@ -2,20 +2,15 @@
 """One table from several microbench JSONs (run_benchmark_sweep.sh): per point and mode, the
 latencies, tokens/s and acceptance, and stage's latency relative to off at the same point.
 
-  python tools/profiling/sweep_summary.py sweeps/latency_b*_k*_t*.json
+  python3 -m tools.profiling.sweep_summary sweeps/latency_b*_k*_t*.json
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
-
-from tools.profiling import common  # noqa: E402
+from tools import common
 
 
 def rows_from(paths: list[str]) -> list[list]:

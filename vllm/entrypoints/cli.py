@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-import vllm
+from vllm.version import __version__
 
 
 class CLISubcommand:
@@ -69,7 +69,7 @@ def register(cmd: CLISubcommand) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vllm", description="vllm command line")
-    parser.add_argument("-v", "--version", action="version", version=vllm.__version__)
+    parser.add_argument("-v", "--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
     for cmd in SUBCOMMANDS:
         p = cmd.add_parser(sub)
@@ -81,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # `vllm --version` must not pay for building every sub-parser (torch imports).
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in ("-v", "--version"):
-        print(vllm.__version__)
+        print(__version__)
         return 0
     parser = make_parser()
     args = parser.parse_args(args_list)

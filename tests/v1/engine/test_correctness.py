@@ -2,7 +2,6 @@
 import random
 
 import pytest
-import torch
 
 from models_util import hf_greedy, tiny_model
 from vllm import LLM, SamplingParams

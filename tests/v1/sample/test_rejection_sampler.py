@@ -4,8 +4,8 @@ import torch
 import vllm.v1.sample.rejection_sampler as rs_mod
 from vllm.sampling_params import SamplingParams
 from vllm.v1.sample.metadata import SamplingMetadata, make_generator
-from vllm.v1.sample.rejection_sampler import (PLACEHOLDER_TOKEN_ID, RejectionSampler,
-                                              rejection_scan, rejection_scan_ref)
+from vllm.v1.constants import PLACEHOLDER_TOKEN_ID
+from vllm.v1.sample.rejection_sampler import RejectionSampler, rejection_scan, rejection_scan_ref
 
 P = PLACEHOLDER_TOKEN_ID
 V = 11

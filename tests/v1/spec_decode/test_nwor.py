@@ -45,8 +45,9 @@ class Recorder:
                 self.written.update(x for x in sm[a:b - r.num_spec] if x >= 0)
             return inp
 
-        def verify_rec(spec, logits, md, kv, staged):
-            out = verify(spec, logits, md, kv, staged)
+        def verify_rec(plan, logits, md, kv):
+            out = verify(plan, logits, md, kv)
+            spec = plan.drafts
             slots = spec.draft_slots.tolist()
             self.draft_slots.update(slots)
             i = 0

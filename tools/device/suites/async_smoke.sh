@@ -15,7 +15,7 @@ c = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, n
                 tie_word_embeddings=True, rms_norm_eps=1e-5, rope_theta=100000.0)
 c.architectures = ["LlamaForCausalLM"]; c.save_pretrained("/tmp/smol-shapes")
 PY
-step 200 python3 tools/benchmarks/bench_decode.py --model /tmp/smol-shapes --load-format dummy \
+step 200 python3 -m tools.benchmarks.bench_decode --model /tmp/smol-shapes --load-format dummy \
   --parts a --batches 1,64 --max-tokens 96 --output "$OUT/decode_smolshapes.json"
-step 150 python3 tools/benchmarks/bench_decode.py --parts b --llama-batches 1,32 --max-tokens 64 \
+step 150 python3 -m tools.benchmarks.bench_decode --parts b --llama-batches 1,32 --max-tokens 64 \
   --output "$OUT/decode_llama8b.json"

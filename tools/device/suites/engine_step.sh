@@ -14,11 +14,11 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 join_gguf
 exec > >(tee "$OUT/engine_step.log") 2>&1
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
-step 230 python3 tools/benchmarks/bench_decode.py --model "$SMOL_GGUF" --batches 1,8,32,64 \
+step 230 python3 -m tools.benchmarks.bench_decode --model "$SMOL_GGUF" --batches 1,8,32,64 \
   --max-tokens 128 --llama-batches 1,32 --hf-batches 1,32 --parts a,b,c \
   --output "$OUT/bench_decode.json"
-step 200 python3 tools/benchmarks/bench_spec.py --model "$SMOL_GGUF" --batches 1,32 \
+step 200 python3 -m tools.benchmarks.bench_spec --model "$SMOL_GGUF" --batches 1,32 \
   --temperatures 0 --ks 4 --methods none,ngram,draft_model --max-tokens 128 \
   --output "$OUT/bench_spec.json"
-step 60 python3 tools/benchmarks/profile_host.py --model "$SMOL_GGUF" --batches 1,64 --steps 100 \
+step 60 python3 -m tools.benchmarks.profile_host --model "$SMOL_GGUF" --batches 1,64 --steps 100 \
   --output "$OUT/profile_host.json"

@@ -29,9 +29,9 @@ nvidia-smi > "$R/nvidia_smi.txt" 2>&1; nvidia-smi topo -m >> "$R/nvidia_smi.txt"
 python3 -c 'import torch; print("torch", torch.__version__, "gpus", torch.cuda.device_count())'
 
 if [ "$PART" = core ]; then
-  tbox 60 allreduce python3 tools/benchmarks/allreduce_bench.py --timeout 50 --output "$R/allreduce_tp2.json"
+  tbox 60 allreduce python3 -m tools.benchmarks.allreduce_bench --timeout 50 --output "$R/allreduce_tp2.json"
   grep -E "^tokens=|Error" "$R/allreduce.log"
-  tbox 230 tp_check python3 tools/benchmarks/tp_check.py --model llama3-8b-dummy \
+  tbox 230 tp_check python3 -m tools.benchmarks.tp_check --model llama3-8b-dummy \
     --dtype bfloat16 --batches 1,32 --output "$R/tp_check_llama8b.json"
   grep -E "^TP=|Error" "$R/tp_check.log"
   tbox 200 cuda_tests python3 -m pytest -q -m cuda --timeout 100 -p no:cacheprovider \
@@ -44,16 +44,16 @@ elif [ "$PART" = dp ]; then
     else
       MODEL=smollm2-dummy
     fi
-    tbox 260 dp_serve python3 tools/benchmarks/dp_serve_bench.py --model "$MODEL" \
+    tbox 260 dp_serve python3 -m tools.benchmarks.dp_serve_bench --model "$MODEL" \
       --dp-sizes 1,2 --streams 128 --requests 512 --max-tokens 128 --prompt-len 128 \
       --output "$R/dp_serve_smollm2.json"
     grep -E "^DP=|Error" "$R/dp_serve.log"
   else
     echo "SKIP dp_serve: fastapi/uvicorn missing (carry the .whl/ folder)" | tee "$R/dp_serve.log"
   fi
-  export TARGET_MODEL=$(python3 -c "import sys; sys.path.insert(0,'tools/benchmarks'); from common import llama3_8b_folder; print(llama3_8b_folder('/tmp'))")
+  export TARGET_MODEL=$(python3 -c "from tools.common import llama3_8b_folder; print(llama3_8b_folder('/tmp'))")
   for tp in 1 2; do
-    TENSOR_PARALLEL_SIZE=$tp tbox 110 microbench_tp$tp python3 tools/profiling/run_nwor_microbench.py \
+    TENSOR_PARALLEL_SIZE=$tp tbox 110 microbench_tp$tp python3 -m tools.profiling.run_nwor_microbench \
       --scenario synthetic --requests 16 --load-format dummy --dtype bfloat16 \
       --acceptance-rate 0.6 --batches 2 --draft-tokens 4 --max-model-len 1024 \
       --nwor-modes off,stage --scv-modes vectorized --no-progress \

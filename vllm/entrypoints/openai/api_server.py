@@ -22,7 +22,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-import vllm
 from vllm.engine.arg_utils import DEFAULT_MODEL, EngineArgs
 from vllm.entrypoints.openai import metrics as metrics_mod
 from vllm.entrypoints.openai.async_engine import AsyncEngine
@@ -32,6 +31,7 @@ from vllm.entrypoints.openai.protocol import (Limits, OpenAIError, bad_request,
 from vllm.entrypoints.openai.serving_chat import OpenAIServingChat, load_chat_template
 from vllm.entrypoints.openai.serving_completion import OpenAIServingCompletion
 from vllm.logger import init_logger
+from vllm.version import __version__
 
 logger = init_logger(__name__)
 
@@ -172,7 +172,7 @@ def build_app(engine_args: EngineArgs, api_key: Optional[str] = None, *,
                         aengine.num_in_flight())
             await loop.run_in_executor(None, aengine.shutdown)
 
-    app = FastAPI(title="vllm OpenAI-compatible server", version=vllm.__version__,
+    app = FastAPI(title="vllm OpenAI-compatible server", version=__version__,
                   lifespan=lifespan)
     app.state.engine = aengine
     if api_key:
@@ -204,7 +204,7 @@ def build_app(engine_args: EngineArgs, api_key: Optional[str] = None, *,
 
     @app.get("/version")
     async def version():
-        return {"version": vllm.__version__}
+        return {"version": __version__}
 
     @app.get("/v1/models")
     async def models():

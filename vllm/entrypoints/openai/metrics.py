@@ -14,7 +14,6 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 from prometheus_client.registry import Collector
 
-from vllm.v1.metrics import stats as stats_mod
 from vllm.v1.metrics.reader import Counter, Gauge, HistogramMetric, Vector, to_metrics
 from vllm.v1.metrics.stats import EngineStats
 
@@ -57,10 +56,10 @@ def _snapshot(stats: EngineStats) -> list:
 
 
 class EngineStatsCollector(Collector):
-    """Yields metric families for the EngineStats returned by ``stats_fn`` (default: every
-    engine of this process, ``stats_mod.all_stats()``)."""
+    """Yields metric families for the EngineStats returned by ``stats_fn`` (the engines this
+    collector reports on; the server passes its own engine's)."""
 
-    def __init__(self, stats_fn: Callable[[], Iterable[EngineStats]] = stats_mod.all_stats):
+    def __init__(self, stats_fn: Callable[[], Iterable[EngineStats]]):
         self.stats_fn = stats_fn
 
     def collect(self):
@@ -95,8 +94,7 @@ class EngineStatsCollector(Collector):
             yield families[key]
 
 
-def make_registry(stats_fn: Callable[[], Iterable[EngineStats]] = stats_mod.all_stats
-                  ) -> CollectorRegistry:
+def make_registry(stats_fn: Callable[[], Iterable[EngineStats]]) -> CollectorRegistry:
     """A private registry (two servers in one process never clash on names)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(EngineStatsCollector(stats_fn))

@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator, Optional
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from vllm.entrypoints import chat_template as ct
+from vllm.entrypoints.openai import chat_template as ct
 from vllm.entrypoints.openai.async_engine import EngineDeadError, RequestStream
 from vllm.entrypoints.openai.protocol import (ChatCompletionRequest, Limits, OpenAIError,
                                               bad_request, now, random_id, usage_dict)

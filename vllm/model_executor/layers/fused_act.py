@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vllm.platform import has_triton, use_triton
+from vllm.platform import has_triton, kernel_enabled, kernel_for
 
 if has_triton():
     import triton
@@ -33,24 +33,12 @@ if has_triton():
         tl.store(out_ptr + t * stride_ot + offs, (s * u).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def kernel_for(kernel, device: torch.device):
-    """The Triton kernel to launch on ``device``. On the CPU (tests only) that needs the Triton
-    interpreter, which works only if TRITON_INTERPRET=1 was set before triton was imported."""
-    if torch.device(device).type == "cuda":
-        return kernel
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(kernel, InterpretedFunction):
-        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before "
-                           "triton is imported")
-    return kernel
-
-
 def silu_and_mul(x: torch.Tensor, force_triton: bool = False) -> torch.Tensor:
     """x [..., 2I] (any strides) -> new contiguous [..., I] = silu(x[..., :I]) * x[..., I:].
 
     One launch, grid (rows, cdiv(I, BLOCK)), no host sync: CUDA-graph capturable.
     ``force_triton`` launches the kernel on CPU tensors through the Triton interpreter (tests)."""
-    if not (force_triton or use_triton(x.device)):
+    if not kernel_enabled(x.device, force_triton):
         return silu_and_mul_ref(x)
     two_i = x.shape[-1]
     assert two_i % 2 == 0, x.shape

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from vllm.platform import has_triton, use_triton
+from vllm.platform import has_triton, kernel_enabled, kernel_for
 
 if has_triton():
     import triton
@@ -45,25 +45,13 @@ if has_triton():
         tl.store(out_ptr + t * stride_ot + offs, (y * w).to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def kernel_for(kernel, device: torch.device):
-    """The Triton kernel to launch on ``device``. On the CPU (tests only) that needs the Triton
-    interpreter, which works only if TRITON_INTERPRET=1 was set before triton was imported."""
-    if torch.device(device).type == "cuda":
-        return kernel
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(kernel, InterpretedFunction):
-        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before "
-                           "triton is imported")
-    return kernel
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
              residual: Optional[torch.Tensor] = None, force_triton: bool = False):
     """x [..., H] (any strides), weight [H] -> out, or (out, x + residual) when residual is given.
 
     One launch, grid (rows,), no host sync: CUDA-graph capturable. ``force_triton`` launches the
     kernel on CPU tensors through the Triton interpreter (tests)."""
-    if not (force_triton or use_triton(x.device)):
+    if not kernel_enabled(x.device, force_triton):
         return rms_norm_ref(x, weight, eps, residual)
     if residual is not None and residual.dtype != x.dtype:
         # The kernel stores the sum in x's dtype; mixed dtypes (never in the engine) use torch.

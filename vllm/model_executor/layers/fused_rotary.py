@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from vllm.platform import has_triton, use_triton
+from vllm.platform import has_triton, kernel_enabled, kernel_for
+from vllm.v1.attention.rotary_ref import rotary_embedding_ref
 
 if has_triton():
     import triton
@@ -61,18 +62,6 @@ if has_triton():
                       (offs_hk[:, None] < NUM_KV_HEADS) & j_ok[None, :], HALF)
 
 
-def kernel_for(kernel, device: torch.device):
-    """The Triton kernel to launch on ``device``. On the CPU (tests only) that needs the Triton
-    interpreter, which works only if TRITON_INTERPRET=1 was set before triton was imported."""
-    if torch.device(device).type == "cuda":
-        return kernel
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(kernel, InterpretedFunction):
-        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before "
-                           "triton is imported")
-    return kernel
-
-
 def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                      cos_sin: torch.Tensor, rotary_dim: int, force_triton: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +71,7 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
     Kernel path: q and k are rotated IN PLACE and returned (see the module docstring).
     One launch, grid (T,), no host sync: CUDA-graph capturable. ``force_triton`` launches the
     kernel on CPU tensors through the Triton interpreter (tests)."""
-    if not (force_triton or use_triton(q.device)):
+    if not kernel_enabled(q.device, force_triton):
         return rotary_embedding_ref(positions, q, k, cos_sin, rotary_dim)
     T, Hq, D = q.shape
     Hkv = k.shape[1]
@@ -103,24 +92,3 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                                                            else 1),
     )
     return q, k
-
-
-def _rotate_ref(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                rotary_dim: int) -> torch.Tensor:
-    xr = x[..., :rotary_dim].float()
-    x1, x2 = xr.chunk(2, dim=-1)
-    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
-    if rotary_dim == x.shape[-1]:
-        return out
-    return torch.cat([out, x[..., rotary_dim:]], dim=-1)
-
-
-def rotary_embedding_ref(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                         cos_sin: torch.Tensor, rotary_dim: int
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-torch rotary_embedding (new tensors; q and k are not written)."""
-    cs = cos_sin[positions]
-    half = rotary_dim // 2
-    cos = cs[:, None, :half]
-    sin = cs[:, None, half:]
-    return _rotate_ref(q, cos, sin, rotary_dim), _rotate_ref(k, cos, sin, rotary_dim)

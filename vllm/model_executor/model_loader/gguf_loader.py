@@ -92,10 +92,6 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-def is_gguf_path(path: str) -> bool:
-    return os.path.isfile(path) and path.lower().endswith(".gguf")
-
-
 # --------------------------------------------------------------------------------------------
 # Metadata
 # --------------------------------------------------------------------------------------------

@@ -15,10 +15,6 @@ from vllm.model_executor.models.registry import get_model_class
 
 logger = init_logger(__name__)
 
-# A GGUF is read (and dequantized) once for its config; the weights wait here for load_model.
-_PENDING_GGUF: dict[str, object] = {}
-
-
 def is_gguf(path: str) -> bool:
     return path.endswith(".gguf") and os.path.isfile(path)
 
@@ -35,12 +31,9 @@ def resolve(model: str) -> str:
 
 def load_hf_config(path: str, load_format: str):
     if is_gguf(path):
-        from vllm.model_executor.model_loader.gguf_loader import gguf_config, load_gguf
-        if load_format == "dummy":
-            return gguf_config(path)
-        g = load_gguf(path, dtype=torch.float32)
-        _PENDING_GGUF[path] = g
-        return g.hf_config
+        # metadata only: the weights are dequantized once, by load_model in the runner
+        from vllm.model_executor.model_loader.gguf_loader import gguf_config
+        return gguf_config(path)
     from transformers import AutoConfig
     return AutoConfig.from_pretrained(path)
 
@@ -87,8 +80,7 @@ def load_model(hf_config, path: str, load_format: str, dtype: torch.dtype,
         default_init_(model, seed)
         model.apply(_reset_norms)
     else:
-        weights = (_PENDING_GGUF.pop(path).state_dict.items() if path in _PENDING_GGUF
-                   else _gguf_weights(path) if is_gguf(path) else _safetensors_weights(path))
+        weights = _gguf_weights(path) if is_gguf(path) else _safetensors_weights(path)
         loaded = model.load_weights(weights)
         missing = {n for n, _ in model.named_parameters()} - loaded
         if missing:

@@ -12,10 +12,7 @@ from typing import Optional
 
 import torch
 
-from vllm.platform import has_triton, use_triton
-
-# Slot / staging row / commit slot that means "do not write" (padding, not staged, rejected).
-PADDING_SLOT_ID = -1
+from vllm.platform import has_triton, kernel_enabled, kernel_for
 
 if has_triton():
     import triton
@@ -69,18 +66,6 @@ if has_triton():
                      mask=s_ok)
 
 
-def kernel_for(kernel, device: torch.device):
-    """The Triton kernel to launch on ``device``. On the CPU (tests only) that needs the Triton
-    interpreter, which works only if TRITON_INTERPRET=1 was set before triton was imported."""
-    if torch.device(device).type == "cuda":
-        return kernel
-    from triton.runtime.interpreter import InterpretedFunction
-    if not isinstance(kernel, InterpretedFunction):
-        raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 set before "
-                           "triton is imported")
-    return kernel
-
-
 def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache_layer: torch.Tensor,
              slot_mapping: torch.Tensor, staging: Optional[torch.Tensor] = None,
              stage_index: Optional[torch.Tensor] = None, force_triton: bool = False) -> None:
@@ -89,7 +74,7 @@ def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache_layer: torch.Tenso
 
     One launch, grid (T,), no host sync: CUDA-graph capturable. ``force_triton`` launches the
     kernel on CPU tensors through the Triton interpreter (tests)."""
-    if not (force_triton or use_triton(key.device)):
+    if not kernel_enabled(key.device, force_triton):
         write_kv_ref(key, value, kv_cache_layer, slot_mapping, staging, stage_index)
         return
     T, H, D = key.shape

@@ -32,8 +32,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from vllm.platform import has_triton, use_triton
-from vllm.v1.attention.kv_write import kernel_for
+from vllm.platform import has_triton, kernel_enabled, kernel_for
 
 if has_triton():
     import triton
@@ -271,7 +270,7 @@ def paged_attention(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
     CUDA: one kernel launch (two with context splits), no host sync: CUDA-graph capturable.
     ``force_triton`` runs the kernel on CPU tensors through the Triton interpreter (tests);
     ``num_splits`` overrides the context split count (tests)."""
-    if not (force_triton or use_triton(q.device)):
+    if not kernel_enabled(q.device, force_triton):
         return paged_attention_ref(q, k_new, v_new, kv_cache_layer, block_tables, context_lens,
                                    query_start_loc, token_req_idx, scale, out=out)
     T, Hq, D = q.shape

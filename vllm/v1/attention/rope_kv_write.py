@@ -25,9 +25,9 @@ from typing import Optional
 
 import torch
 
-from vllm.model_executor.layers.fused_rotary import rotary_embedding_ref
-from vllm.platform import has_triton, use_triton
-from vllm.v1.attention.kv_write import kernel_for, write_kv_ref
+from vllm.v1.attention.rotary_ref import rotary_embedding_ref
+from vllm.platform import has_triton, kernel_for, use_triton
+from vllm.v1.attention.kv_write import write_kv_ref
 
 if has_triton():
     import triton

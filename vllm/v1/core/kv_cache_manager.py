@@ -56,9 +56,6 @@ class KVCacheManager:
         req.block_ids.extend(new)
         return True
 
-    def can_fit(self, num_tokens: int) -> bool:
-        return self._cdiv(num_tokens) <= self.pool.num_free
-
     def cache_committed_blocks(self, req: Request) -> None:
         """Full blocks of committed tokens enter the prefix cache. num_computed_tokens counts
         only verified tokens (rejected drafts were rewound), so rejected K/V never get cached."""

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Iterable, Optional
+from typing import Iterable
 
 from vllm.config import VllmConfig
-from vllm.logger import init_logger
 from vllm.v1.core.kv_cache_manager import KVCacheManager
 from vllm.v1.core.sched_output import (UNKNOWN_TOKEN_ID, RunnerOutput, ScheduledReq,
                                       SchedulerOutput)
 from vllm.v1.request import Request, RequestStatus
-
-logger = init_logger(__name__)
 
 
 class RequestsUnschedulable(RuntimeError):
@@ -67,13 +64,6 @@ class Scheduler:
         self.kv.free(req)
         self._finished_ids.append(req.request_id)
         self.requests.pop(req.request_id, None)
-
-    @property
-    def num_unfinished(self) -> int:
-        return len(self.waiting) + len(self.running)
-
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
 
     # ------------------------------------------------------------------ scheduling
     def _preempt(self, req: Request) -> None:

@@ -32,6 +32,10 @@ class UniProcExecutor:
     def propose(self, reqs):
         return self.driver_runner.propose(reqs)
 
+    def spec_decode_counters(self):
+        """Live speculative-decoding counters (SpecDecodeCounters), or None when it is off."""
+        return self.driver_runner.spec_decode_counters()
+
     def shutdown(self) -> None:
         pass
 

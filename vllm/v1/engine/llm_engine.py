@@ -2,7 +2,6 @@
 results, draft the next tokens, detokenize, report."""
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,6 @@ from vllm.v1.core.scheduler import RequestsUnschedulable, Scheduler
 from vllm.v1.engine.detokenizer import IncrementalDetokenizer
 from vllm.v1.engine.executor import make_executor
 from vllm.v1.engine.fault_isolation import check_params_for_model, request_fault
-from vllm.v1.metrics import stats as stats_mod
 from vllm.v1.metrics.stats import EngineStats
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.proposer import ProposeReq
@@ -56,18 +54,15 @@ class LLMEngine:
         self.max_model_len = config.scheduler_config.max_model_len
         self.stats = EngineStats(model_name=config.model_config.served_model_name,
                                  num_kv_blocks=num_blocks)
-        runner = self.executor.driver_runner
-        if runner.spec_step is not None:
-            self.stats.spec = runner.spec_step.stats
-            self.stats.nwor = runner.spec_step.nwor.stats
-            self.stats.nwor_mode = config.spec_options.nwor_mode
-            self.stats.scv_mode = runner.spec_step.scv_mode
-            self.stats.scv_mode_counts = runner.spec_step.scv.mode_counts
-        stats_mod.register(self.stats)
+        self._spec_counters = self.executor.spec_decode_counters()
+        if self._spec_counters is not None:
+            c = self._spec_counters
+            self.stats.spec, self.stats.nwor = c.spec, c.nwor
+            self.stats.nwor_mode, self.stats.scv_mode = c.nwor_mode, c.scv_mode
+            self.stats.scv_mode_counts = c.scv.mode_counts
         self.seqs: dict[str, _Seq] = {}
         self.parents: dict[str, _Parent] = {}
         self._child_to_parent: dict[str, str] = {}
-        self._ids = itertools.count()
         self._last_log = time.monotonic()
         self._log_interval = envs.get("VLLM_LOG_STATS_INTERVAL")
         self.async_scheduling = self._resolve_async()
@@ -106,9 +101,6 @@ class LLMEngine:
         return eos
 
     # ------------------------------------------------------------------ requests
-    def new_request_id(self) -> str:
-        return str(next(self._ids))
-
     def tokenize(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: pass token ids as the prompt")
@@ -355,9 +347,8 @@ class LLMEngine:
         s.num_kv_blocks_free = sch.kv.pool.num_free
         s.prefix_cache_queries = sch.kv.num_cache_queries
         s.prefix_cache_hits = sch.kv.num_cache_hits
-        rs = self.executor.driver_runner.spec_step
-        if rs is not None:
-            s.scv_fallbacks = rs.scv.fallbacks
+        if self._spec_counters is not None:
+            s.scv_fallbacks = self._spec_counters.scv.fallbacks
 
     def _maybe_log(self) -> None:
         now = time.monotonic()

@@ -362,6 +362,10 @@ class MultiprocTPExecutor:
     def propose(self, reqs):
         return self._call("propose", reqs)
 
+    def spec_decode_counters(self):
+        # Every rank makes the same decisions; the driver's counters speak for all of them.
+        return self.driver_runner.spec_decode_counters()
+
     def shutdown(self) -> None:
         """Within about VLLM_SHUTDOWN_TIMEOUT + 7 s whatever the workers' state."""
         if self._shut:

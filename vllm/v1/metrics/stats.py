@@ -1,13 +1,13 @@
-"""Engine statistics. One EngineStats per engine; it outlives the engine (the Prometheus
-collector and the profiling harness read it after teardown), and LLM.get_metrics() turns it
-into upstream-named metrics."""
+"""Engine statistics. One EngineStats per engine, owned by it (``LLMEngine.stats``); whoever
+holds a reference can read it after teardown (the profiling harness does), and
+LLM.get_metrics() turns it into upstream-named metrics."""
 from __future__ import annotations
 
 import bisect
 import itertools
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 from vllm.v1.spec_decode.metrics import SpecDecodingStats
 from vllm.v1.spec_decode.nwor import NworStats
@@ -68,19 +68,3 @@ class EngineStats:
     scv_mode_counts: dict[str, int] = field(default_factory=dict)
     scv_fallbacks: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-
-# Every engine's stats, kept after the engine is gone (metrics are read before or after
-# teardown alike: the seed harness's "zero metrics" bug cannot happen).
-_ALL: list[EngineStats] = []
-_listeners: list[Callable[[EngineStats], None]] = []
-
-
-def register(stats: EngineStats) -> None:
-    _ALL.append(stats)
-    for cb in _listeners:
-        cb(stats)
-
-
-def all_stats() -> list[EngineStats]:
-    return list(_ALL)

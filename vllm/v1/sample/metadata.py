@@ -51,10 +51,6 @@ class SamplingMetadata:
         return self.temperature.shape[0]
 
     @property
-    def no_top_p_top_k_min_p(self) -> bool:
-        return self.no_top_k and self.no_top_p and self.no_min_p
-
-    @property
     def is_greedy(self) -> torch.Tensor:
         """[N] bool on device: rows that take the argmax."""
         return self.temperature < _SAMPLING_EPS

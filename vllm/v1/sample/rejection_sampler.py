@@ -23,11 +23,10 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from vllm.platform import has_triton, nvtx_range, use_triton
+from vllm.platform import has_triton, kernel_enabled, nvtx_range
+from vllm.v1.constants import PLACEHOLDER_TOKEN_ID
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.sampler import compute_probs, exponential_noise, race
-
-PLACEHOLDER_TOKEN_ID = -1
 
 if has_triton():
     import triton
@@ -81,14 +80,6 @@ else:  # pragma: no cover - exercised only without triton
     _rejection_scan_kernel = None
 
 
-def _kernel_enabled(device: torch.device, force_triton: bool) -> bool:
-    if force_triton:
-        if not has_triton():
-            raise RuntimeError("force_triton=True but triton is not importable")
-        return True
-    return use_triton(device)
-
-
 def rejection_scan(cu_num_draft_tokens: torch.Tensor, draft_token_ids: torch.Tensor,
                    draft_target_probs: Optional[torch.Tensor],
                    draft_draft_probs: Optional[torch.Tensor],
@@ -103,7 +94,7 @@ def rejection_scan(cu_num_draft_tokens: torch.Tensor, draft_token_ids: torch.Ten
     force_triton runs the kernel even on CPU tensors (needs TRITON_INTERPRET=1; tests only).
     """
     num_reqs = cu_num_draft_tokens.shape[0]
-    if not _kernel_enabled(bonus.device, force_triton):
+    if not kernel_enabled(bonus.device, force_triton):
         return rejection_scan_ref(cu_num_draft_tokens, draft_token_ids, draft_target_probs,
                                   draft_draft_probs, uniforms, recovered, bonus, is_greedy, max_k)
     out = torch.empty(num_reqs, max_k + 1, dtype=torch.int64, device=bonus.device)

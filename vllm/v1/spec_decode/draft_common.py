@@ -7,22 +7,27 @@ count only ever covers committed tokens (we do not apply NWOR to the drafter's o
 writes are k tokens of a model far smaller than the target, and the next step needs the
 accepted ones immediately, so staging would add a copy for little saving).
 
-On CUDA the drafter's forward replays CUDA graphs (one per token count, CudaGraphRunner) over the
-persistent buffers of DraftBatch; batches larger than every captured size run eagerly."""
+On CUDA the drafter's forward replays CUDA graphs (one per token count, from the runner's graph
+runner passed in the ProposerContext) over the persistent buffers of DraftBatch; batches larger
+than every captured size run eagerly (VLLM_DRAFT_CUDA_GRAPHS=0 or enforce_eager: all of them)."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from vllm import envs
 from vllm.forward_context import ForwardContext, set_forward_context
 from vllm.sampling_params import SamplingParams
+from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
 from vllm.v1.core.sched_output import ScheduledReq, SchedulerOutput
-from vllm.v1.worker.cudagraph import CudaGraphRunner, default_capture_sizes
-from vllm.v1.worker.input_batch import InputBuffers
+from vllm.v1.constants import PADDING_SLOT_ID
+from vllm.v1.spec_decode.proposer import Proposer, ProposeReq, ProposerContext
 
 _GREEDY = SamplingParams(temperature=0.0)
+
+# (req_id, token_ids, start_pos, block_ids): one request's rows of a drafter forward
+DraftItem = tuple[str, list[int], int, list[int]]
 
 # Largest drafter batch (tokens) replayed from a CUDA graph; larger catch-ups run eagerly.
 MAX_DRAFT_GRAPH_TOKENS = 512
@@ -39,14 +44,18 @@ def draft_graphs_wanted(config, device: torch.device) -> bool:
 class DraftBatch:
     """Flattens (tokens, start position, block table) per request into the drafter's buffers."""
 
-    graph_runner_cls = CudaGraphRunner
+    # A stand-in for the context's new_graph_runner, same signature (tests: a runner that
+    # replays eagerly on the CPU); None: the context's.
+    graph_runner_cls: Optional[Callable[..., Any]] = None
 
-    def __init__(self, max_tokens: int, max_reqs: int, max_blocks: int, block_size: int,
-                 device: torch.device, hidden_size: int = 0, dtype: Optional[torch.dtype] = None):
-        self.buffers = InputBuffers(max_tokens, max_reqs, max_blocks, block_size, device)
-        self.graphs = self.graph_runner_cls([])
-        self.device = device
-        self.block_size = block_size
+    def __init__(self, buffers, new_graph_runner: Callable[..., Any],
+                 graph_sizes: Callable[[int], list[int]], hidden_size: int = 0,
+                 dtype: Optional[torch.dtype] = None):
+        self.buffers = buffers      # the runner's InputBuffers, sized for the drafter
+        self._new_graph_runner = self.graph_runner_cls or new_graph_runner
+        self._graph_sizes = graph_sizes
+        self.graphs = self._new_graph_runner([], name="draft")     # none captured: eager
+        device, max_reqs = buffers.device, buffers.max_reqs
         # Per-request block counts of the last one-token-per-request graph step, for
         # run_graph_next ([max_reqs] int64 on the device; a pinned host mirror on CUDA).
         self._nblk = torch.zeros(max_reqs, dtype=torch.int64, device=device)
@@ -57,11 +66,11 @@ class DraftBatch:
         # EAGLE: the target's hidden states as a persistent graph input [max graph tokens, H].
         self.hidden = None
         if hidden_size:
-            rows = min(max_tokens, MAX_DRAFT_GRAPH_TOKENS)
+            rows = min(buffers.max_tokens, MAX_DRAFT_GRAPH_TOKENS)
             self.hidden = torch.zeros(rows, hidden_size, dtype=dtype, device=device)
 
     @staticmethod
-    def _sched(items) -> SchedulerOutput:
+    def _sched(items: list[DraftItem]) -> SchedulerOutput:
         return SchedulerOutput(reqs=[ScheduledReq(rid, toks, 0, start, blocks, True, _GREEDY,
                                                   prompt_len=0)
                                      for rid, toks, start, blocks in items],
@@ -71,11 +80,11 @@ class DraftBatch:
         """CUDA graphs of ``forward`` over the first T rows of the persistent buffers, one per
         token count T up to max_graph_tokens (a per-token drafting step has T = number of
         requests; a catch-up T = the tokens committed since the last call). Capture failure:
-        logged once by CudaGraphRunner, and every call runs eagerly."""
+        logged once by the graph runner, and every call runs eagerly."""
         bufs = self.buffers
         # Capture-time forwards must write nothing into the drafter's cache: fresh buffers hold
-        # slot -1 and request id -1 everywhere; make sure of it.
-        bufs.slot_mapping.fill_(-1)
+        # the padding slot and request id -1 everywhere; make sure of it.
+        bufs.slot_mapping.fill_(PADDING_SLOT_ID)
         bufs.token_req_idx.fill_(-1)
 
         def run_forward(T: int) -> torch.Tensor:
@@ -83,11 +92,12 @@ class DraftBatch:
                 return forward(bufs.input_ids[:T], bufs.positions[:T], T)
 
         limit = min(max_graph_tokens, bufs.max_tokens, MAX_DRAFT_GRAPH_TOKENS)
-        self.graphs = self.graph_runner_cls(default_capture_sizes(limit), name="draft")
+        self.graphs = self._new_graph_runner(self._graph_sizes(limit), name="draft")
         with torch.inference_mode():
             self.graphs.capture(run_forward)
 
-    def run_graph(self, kv_cache: torch.Tensor, items, input_ids: Optional[torch.Tensor] = None,
+    def run_graph(self, kv_cache: torch.Tensor, items: list[DraftItem],
+                  input_ids: Optional[torch.Tensor] = None,
                   hidden: Optional[torch.Tensor] = None):
         """Like run, from a captured graph. input_ids [T] (device) replaces the items' token ids
         (drafting steps feed the previous argmax without a host round trip); hidden [T, H]
@@ -97,7 +107,7 @@ class DraftBatch:
         Tp = self.graphs.padded_size(T)
         if Tp is None:
             return None
-        inp = self.buffers.prepare(self._sched(items), Tp, stage_drafts=False)
+        inp = self.buffers.prepare(self._sched(items), Tp, None)
         if input_ids is not None:
             self.buffers.input_ids[:T].copy_(input_ids)
         if hidden is not None:
@@ -111,7 +121,7 @@ class DraftBatch:
             if self._nblk_copied is not None:
                 self._nblk_copied.record()
             self._next = (R, Tp)
-        return self.graphs.replay(Tp)[:T], inp.logits_indices, inp
+        return self.graphs.replay(Tp)[:T], inp.logits_indices
 
     def run_graph_next(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None):
         """The drafting step after a one-token-per-request run_graph (or run_graph_next): every
@@ -122,7 +132,7 @@ class DraftBatch:
         if self._next is None:
             return None
         R, Tp = self._next
-        b, bs = self.buffers, self.block_size
+        b, bs = self.buffers, self.buffers.block_size
         pos = b.positions[:R]
         pos += 1
         b.context_lens[:R] += 1
@@ -130,23 +140,23 @@ class DraftBatch:
         blk = b.block_tables[:R].gather(
             1, blk_idx.clamp(max=b.max_blocks - 1).unsqueeze(1)).squeeze(1).long()
         # A position past the request's allocated blocks writes nowhere (as prepare does).
-        b.slot_mapping[:R] = torch.where(blk_idx < self._nblk[:R], blk * bs + pos % bs, -1)
+        b.slot_mapping[:R] = torch.where(blk_idx < self._nblk[:R], blk * bs + pos % bs,
+                                         PADDING_SLOT_ID)
         b.input_ids[:R].copy_(input_ids)
         if hidden is not None:
             self.hidden[:R].copy_(hidden)
         return self.graphs.replay(Tp)[:R]
 
-    def run(self, model, kv_cache: torch.Tensor, items: list[tuple[str, list[int], int, list[int]]],
-            inputs_embeds_fn=None):
-        """items: (req_id, token_ids, start_pos, block_ids). Returns (hidden [T, H],
-        last_rows [R] indices of each request's last token, step inputs)."""
+    def run(self, model, kv_cache: torch.Tensor, items: list[DraftItem], inputs_embeds_fn=None):
+        """Eagerly. Returns (hidden [T, H], last_rows [R] indices of each request's last token)."""
+        self._next = None
         so = self._sched(items)
-        inp = self.buffers.prepare(so, so.num_tokens, stage_drafts=False)
+        inp = self.buffers.prepare(so, so.num_tokens, None)
         ctx = ForwardContext(inp.attn, kv_cache)
         with set_forward_context(ctx):
             embeds = inputs_embeds_fn(inp) if inputs_embeds_fn is not None else None
             hidden = model(inp.input_ids, inp.positions, inputs_embeds=embeds)
-        return hidden, inp.logits_indices, inp
+        return hidden, inp.logits_indices
 
 
 def greedy_with_confidence(logits: torch.Tensor, threshold: float):
@@ -168,3 +178,118 @@ def trim_at_low_confidence(drafts: list[list[int]], ok: Optional[list[list[bool]
             n += 1
         out.append(d[:n])
     return out
+
+
+class PagedDrafter(Proposer):
+    """A drafter with its own paged KV cache, drafting k tokens greedily per request: one
+    batched forward catches up on the tokens committed since its last call, then k - 1
+    single-token forwards extend each request. Each forward replays a CUDA graph when one fits
+    (from the second single-token step on, with positions and slots advanced on the device),
+    else runs eagerly.
+
+    Subclasses set num_layers / kv_heads / head_dim (the drafter cache's geometry) and
+    hidden_input_size (EAGLE: the target's hidden size, fed as features with every token; 0:
+    none), and implement `_catch_up`, `_run_eager`, `_compute_logits` and `_graph_forward`."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    hidden_input_size: int = 0
+
+    def __init__(self, ctx: ProposerContext):
+        self.ctx = ctx
+        self.config = ctx.config
+        self.k = ctx.config.speculative_config.num_speculative_tokens
+        self.device, self.dtype, self.block_size = ctx.device, ctx.dtype, ctx.block_size
+        self.threshold = envs.get("VLLM_DRAFT_CONFIDENCE_THRESHOLD")
+        self.computed: dict[str, int] = {}      # req -> tokens whose K/V the drafter has
+        self.preemptions: dict[str, int] = {}   # req -> preemptions seen at its last call
+        self.kv_cache: Optional[torch.Tensor] = None
+
+    def kv_bytes_per_block(self) -> int:
+        return kv_bytes_per_block(self.num_layers, self.block_size, self.kv_heads,
+                                  self.head_dim, self.dtype)
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        self.kv_cache = allocate_kv_cache(self.num_layers, num_blocks, self.block_size,
+                                          self.kv_heads, self.head_dim, self.dtype, self.device)
+        sc = self.config.scheduler_config
+        max_blocks = (sc.max_model_len + self.k + self.block_size - 1) // self.block_size + 1
+        # catch-up batches can hold whole prompts (after a prefill or a preemption)
+        max_tokens = min(sc.max_num_seqs * (sc.max_model_len + 1), 1 << 20)
+        self.batch = DraftBatch(
+            self.ctx.new_input_buffers(max_tokens, sc.max_num_seqs, max_blocks),
+            self.ctx.new_graph_runner, self.ctx.graph_sizes,
+            hidden_size=self.hidden_input_size, dtype=self.dtype)
+        forward = self._graph_forward()
+        if forward is not None:
+            # per-token steps hold one token per request, small catch-ups up to 1 + k
+            self.batch.capture(forward, self.kv_cache, sc.max_num_seqs * (self.k + 1))
+
+    def drop(self, req_id: str) -> None:
+        self.computed.pop(req_id, None)
+        self.preemptions.pop(req_id, None)
+
+    def _resume(self, r: ProposeReq, cached_after: int) -> int:
+        """Tokens of r whose K/V the drafter's cache still holds; records that it will hold
+        `cached_after` once this call's catch-up forward has run."""
+        c = self.computed.get(r.req_id, 0)
+        if self.preemptions.get(r.req_id, 0) != r.num_preemptions:
+            c = 0       # blocks were freed and reallocated: the drafter's K/V are gone
+        self.preemptions[r.req_id] = r.num_preemptions
+        self.computed[r.req_id] = cached_after
+        return c
+
+    def _catch_up(self, reqs: list[ProposeReq]):
+        """-> (items of the catch-up forward, their hidden-state input [T, H] or None, and per
+        request the position the first single-token forward writes)."""
+        raise NotImplementedError
+
+    def _run_eager(self, items: list[DraftItem], tokens: Optional[torch.Tensor],
+                   hidden: Optional[torch.Tensor]):
+        """The forward without graphs -> (hidden [T, H], last rows [R]); tokens [T] (device),
+        when given, replace the items' token ids; hidden [T, H]: the features input."""
+        raise NotImplementedError
+
+    def _compute_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _graph_forward(self) -> Optional[DraftForward]:
+        """The forward to capture as CUDA graphs over DraftBatch's persistent inputs, or None
+        (graphs off: every forward runs eagerly)."""
+        raise NotImplementedError
+
+    def _features(self, items: list[DraftItem], tokens: Optional[torch.Tensor] = None,
+                  hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Each request's last-token output [R, H]: from a CUDA graph when one fits, else
+        eagerly."""
+        out = self.batch.run_graph(self.kv_cache, items, input_ids=tokens, hidden=hidden)
+        if out is None:
+            out = self._run_eager(items, tokens, hidden)
+        return out[0][out[1]]
+
+    def _draft(self, feats: torch.Tensor):
+        """-> (drafts [R], ok [R] or None, the features input of the next step or None)."""
+        tok, ok = greedy_with_confidence(self._compute_logits(feats), self.threshold)
+        return tok, ok, (feats if self.hidden_input_size else None)
+
+    def propose(self, reqs: list[ProposeReq]) -> dict[str, list[int]]:
+        items, hidden, pos = self._catch_up(reqs)
+        tok, ok, state = self._draft(self._features(items, hidden=hidden))
+        toks, oks = [tok], [ok]
+        for step in range(1, self.k):
+            # the token ids are filled on the device from the previous step's argmax; from the
+            # second drafting step on, positions and slots advance on the device too. (The
+            # replay's output buffer is overwritten only by the next replay, after state has
+            # been copied into the persistent input.)
+            feats = self.batch.run_graph_next(tok, state) if step > 1 else None
+            if feats is None:
+                items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
+                feats = self._features(items, tokens=tok, hidden=state)
+            tok, ok, state = self._draft(feats)
+            toks.append(tok)
+            oks.append(ok)
+        drafts = torch.stack(toks, 1).tolist()
+        ok_host = torch.stack(oks, 1).tolist() if oks[0] is not None else None
+        drafts = trim_at_low_confidence(drafts, ok_host)
+        return {r.req_id: d for r, d in zip(reqs, drafts) if d}

@@ -8,27 +8,32 @@ from __future__ import annotations
 
 import torch
 
-from vllm import envs
-from vllm.config import VllmConfig
 from vllm.model_executor.layers.linear import default_init_
 from vllm.model_executor.model_loader import loader
 from vllm.model_executor.models.eagle import EagleHead
-from vllm.v1.spec_decode.draft_common import (DraftBatch, draft_graphs_wanted,
-                                              greedy_with_confidence, trim_at_low_confidence)
-from vllm.v1.worker.kv_cache_alloc import allocate_kv_cache, kv_bytes_per_block
+from vllm.v1.spec_decode.draft_common import DraftItem, PagedDrafter, draft_graphs_wanted
+from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext
 
 
-class EagleProposer:
-    needs_hidden = True
+class _HeadOnTarget(torch.nn.Module):
+    """The EAGLE head as a model the draft batch can run: the target's embedding of the tokens
+    (or of `tokens`, the previous drafts, when given) plus the feature rows it continues."""
 
-    def __init__(self, config: VllmConfig, runner):
-        sc = config.speculative_config
-        self.k = sc.num_speculative_tokens
-        self.runner = runner
-        self.device, self.dtype = runner.device, runner.dtype
-        self.block_size = runner.block_size
-        self.config = config
-        path = loader.resolve(sc.model)
+    def __init__(self, head, target, hidden_rows: torch.Tensor, tokens=None):
+        super().__init__()
+        self.head, self.target = head, target
+        self.hidden_rows, self.tokens = hidden_rows, tokens
+
+    def forward(self, input_ids, positions, inputs_embeds=None):
+        ids = input_ids if self.tokens is None else self.tokens
+        return self.head(self.target.embed(ids), self.hidden_rows, positions)
+
+
+class EagleProposer(PagedDrafter):
+    def __init__(self, ctx: ProposerContext):
+        super().__init__(ctx)
+        config = ctx.config
+        path = loader.resolve(config.speculative_config.model)
         from transformers import AutoConfig
         hf = AutoConfig.from_pretrained(path)
         target_hidden = config.model_config.hidden_size
@@ -47,34 +52,15 @@ class EagleProposer:
             self.head.load_weights(loader._safetensors_weights(path))
         self.head.eval()
         attn = self.head.self_attn
-        self.kv_heads, self.head_dim = attn.num_kv_heads, attn.head_dim
+        self.num_layers, self.kv_heads, self.head_dim = 1, attn.num_kv_heads, attn.head_dim
         self.stash: dict[str, tuple[int, torch.Tensor]] = {}   # req -> (first pos, [m, H])
-        self.computed: dict[str, int] = {}
-        self.preemptions: dict[str, int] = {}
-        self.threshold = envs.get("VLLM_DRAFT_CONFIDENCE_THRESHOLD")
-
-    def kv_bytes_per_block(self) -> int:
-        return kv_bytes_per_block(1, self.block_size, self.kv_heads, self.head_dim, self.dtype)
-
-    def initialize_kv_cache(self, num_blocks: int) -> None:
-        self.kv_cache = allocate_kv_cache(1, num_blocks, self.block_size, self.kv_heads,
-                                          self.head_dim, self.dtype, self.device)
-        sc = self.config.scheduler_config
-        max_blocks = (sc.max_model_len + self.k + self.block_size - 1) // self.block_size + 1
-        hidden_size = self.config.model_config.hidden_size
-        self.batch = DraftBatch(min(sc.max_num_seqs * (sc.max_model_len + 1), 1 << 20),
-                                sc.max_num_seqs, max_blocks, self.block_size, self.device,
-                                hidden_size=hidden_size, dtype=self.dtype)
-        if draft_graphs_wanted(self.config, self.device):
-            head, target, hid = self.head, self.runner.model, self.batch.hidden
-            self.batch.capture(lambda ids, pos, T: head(target.embed(ids), hid[:T], pos),
-                               self.kv_cache, sc.max_num_seqs * (self.k + 1))
+        self.hidden_input_size = target_hidden
 
     def drop(self, req_id: str) -> None:
-        for d in (self.stash, self.computed, self.preemptions):
-            d.pop(req_id, None)
+        super().drop(req_id)
+        self.stash.pop(req_id, None)
 
-    def observe(self, so, hidden: torch.Tensor, rows: list[tuple[int, int]]) -> None:
+    def observe_target(self, so, hidden: torch.Tensor, rows: list[tuple[int, int]]) -> None:
         """After each target forward: keep the hidden states of every scheduled token."""
         for r, (s, e) in zip(so.reqs, rows):
             new = hidden[s:e].clone()       # the graph's output buffer is reused next step
@@ -85,57 +71,27 @@ class EagleProposer:
             else:
                 self.stash[r.req_id] = (r.start_pos, new)
 
-    def propose(self, reqs) -> dict[str, list[int]]:
+    def _catch_up(self, reqs: list[ProposeReq]):
         items, hid = [], []
         for r in reqs:
             n = len(r.token_ids)
-            c = self.computed.get(r.req_id, 0)
-            if self.preemptions.get(r.req_id, 0) != r.num_preemptions:
-                c = 0
-            self.preemptions[r.req_id] = r.num_preemptions
+            c = self._resume(r, cached_after=n - 1)
             base, rows = self.stash[r.req_id]
             c = max(c, base)
             hid.append(rows[c - base:n - 1 - base])         # positions c .. n - 2
             items.append((r.req_id, r.token_ids[c + 1:n], c, r.block_ids))
-            self.computed[r.req_id] = n - 1
             self.stash[r.req_id] = (n - 1, rows[n - 1 - base:])
-        feats, toks, oks = self._run(items, torch.cat(hid, 0))
-        pos = [len(r.token_ids) - 1 for r in reqs]
-        for step in range(1, self.k):
-            nxt = self.batch.run_graph_next(toks[-1], feats) if step > 1 else None
-            if nxt is not None:     # positions and slots advanced on the device
-                feats = nxt.clone()     # the graph's output buffer is reused next replay
-                tok, ok = greedy_with_confidence(self.runner.model.compute_logits(feats),
-                                                 self.threshold)
-                toks.append(tok)
-                oks.append(ok)
-                continue
-            items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
-            feats, tok, ok = self._run(items, feats, tokens=toks[-1])
-            toks.append(tok[0])
-            oks.append(ok[0])
-        drafts = torch.stack(toks, 1).tolist()
-        ok_host = torch.stack(oks, 1).tolist() if oks[0] is not None else None
-        drafts = trim_at_low_confidence(drafts, ok_host)
-        return {r.req_id: d for r, d in zip(reqs, drafts) if d}
+        return items, torch.cat(hid, 0), [len(r.token_ids) - 1 for r in reqs]
 
-    def _run(self, items, hidden_rows, tokens=None):
-        target = self.runner.model
-        head = self.head
-        graphed = self.batch.run_graph(self.kv_cache, items, input_ids=tokens,
-                                       hidden=hidden_rows)
-        if graphed is not None:
-            out, last, _ = graphed
-            feats = out[last]
-            tok, ok = greedy_with_confidence(target.compute_logits(feats), self.threshold)
-            return feats, [tok], [ok]
+    def _graph_forward(self):
+        if not draft_graphs_wanted(self.config, self.device):
+            return None
+        head, target, hid = self.head, self.ctx.target, self.batch.hidden
+        return lambda ids, pos, T: head(target.embed(ids), hid[:T], pos)
 
-        class _Wrapped(torch.nn.Module):
-            def forward(self, input_ids, positions, inputs_embeds=None):
-                ids = input_ids if tokens is None else tokens
-                return head(target.embed(ids), hidden_rows, positions)
+    def _run_eager(self, items: list[DraftItem], tokens, hidden: torch.Tensor):
+        model = _HeadOnTarget(self.head, self.ctx.target, hidden, tokens)
+        return self.batch.run(model, self.kv_cache, items)
 
-        out, last, _ = self.batch.run(_Wrapped(), self.kv_cache, items)
-        feats = out[last]
-        tok, ok = greedy_with_confidence(target.compute_logits(feats), self.threshold)
-        return feats, [tok], [ok]
+    def _compute_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.ctx.target.compute_logits(feats)

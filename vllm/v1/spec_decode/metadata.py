@@ -1,14 +1,12 @@
-"""Per-step speculative-decoding metadata (built by the runner, consumed by verification and
-the NWOR commit)."""
+"""Per-step speculative-decoding metadata: the step's plan (built by SpecDecodeStep.plan) and
+the drafts' layout (built by the runner's input preparation), consumed by verification and the
+NWOR commit."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
-
-PLACEHOLDER_TOKEN_ID = -1   # rejected / padding positions in [R, k + 1] outputs
-PADDING_SLOT_ID = -1        # "do not write" in slot mappings
 
 
 @dataclass
@@ -30,3 +28,27 @@ class SpecDecodeMetadata:
     @property
     def total_drafts(self) -> int:
         return sum(self.num_draft_tokens)
+
+
+@dataclass(frozen=True)
+class SpecStepPlan:
+    """How one step treats its drafts, decided once before the step's inputs are prepared.
+
+    staged: the drafts' K/V go to NWOR staging rows instead of the cache (and are committed
+    after verification). stage_index: the attention kernels get a staging index even when
+    nothing is staged (all -1), because the CUDA graphs were captured with one.
+    drafts: the step's draft layout, attached after input preparation (None: no drafts)."""
+    staged: bool
+    stage_index: bool
+    drafts: Optional[SpecDecodeMetadata] = None
+
+    def with_drafts(self, drafts: SpecDecodeMetadata) -> "SpecStepPlan":
+        return replace(self, drafts=drafts)
+
+
+def draft_spans(cu_num_draft_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cu [R] cumulative end offsets -> (starts [R], ends [R]) int64: request r's drafts are
+    rows starts[r] .. ends[r] - 1 of the flat draft tensors."""
+    ends = cu_num_draft_tokens.long()
+    starts = torch.cat([ends.new_zeros(1), ends[:-1]]) if ends.numel() else ends
+    return starts, ends

@@ -23,10 +23,6 @@ class SpecDecodingStats:
             self.accepted_per_pos[i] += 1
 
     @property
-    def acceptance_ratio(self) -> float:
-        return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
-
-    @property
     def mean_acceptance_length(self) -> float:
         """Tokens emitted per verify window (accepted drafts + the one bonus/recovered)."""
         return 1.0 + self.num_accepted_tokens / self.num_drafts if self.num_drafts else 0.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from vllm.v1.spec_decode.proposer import Proposer, ProposeReq
+
 
 def ngram_propose(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[int]:
     """tokens [L] int: the whole sequence. Vectorized over positions; no per-token loop."""
@@ -23,23 +25,14 @@ def ngram_propose(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[in
     return []
 
 
-class NgramProposer:
+class NgramProposer(Proposer):
     def __init__(self, k: int, n_min: int, n_max: int, always_draft: bool = False):
         # always_draft: benchmark-only (controlled acceptance on dummy weights): every request
         # gets k drafts each step, padded with its last token, so verify windows are full.
         self.k, self.n_min, self.n_max = k, n_min, n_max
         self.always_draft = always_draft
 
-    def kv_bytes_per_block(self) -> int:
-        return 0
-
-    def initialize_kv_cache(self, num_blocks: int) -> None:
-        pass
-
-    def drop(self, req_id: str) -> None:
-        pass
-
-    def propose(self, reqs) -> dict[str, list[int]]:
+    def propose(self, reqs: list[ProposeReq]) -> dict[str, list[int]]:
         out = {}
         for r in reqs:
             d = ngram_propose(np.asarray(r.token_ids, dtype=np.int64), self.n_min, self.n_max,

@@ -9,7 +9,7 @@ accepted rows (all layers, one launch) into their slots. Rejected rows are dropp
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch

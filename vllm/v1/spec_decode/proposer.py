@@ -1,7 +1,11 @@
-"""Proposer selection and the per-request data proposers get after each step."""
+"""The proposer interface: what the model runner calls on a drafter, what a drafter is given
+(a small context, never the runner), and the choice of drafter from the config."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
 
 from vllm.config import VllmConfig
 
@@ -15,8 +19,56 @@ class ProposeReq:
     num_preemptions: int = 0    # a change means the request's blocks were reallocated
 
 
-def build_proposer(config: VllmConfig, runner):
-    sc = config.speculative_config
+class TargetModel(Protocol):
+    """What a drafter may use of the target model (EAGLE shares its embedding and LM head)."""
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor: ...
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ProposerContext:
+    config: VllmConfig
+    device: torch.device
+    dtype: torch.dtype
+    block_size: int             # the target's: a drafter's cache shares its block ids
+    target: TargetModel
+    # (max_tokens, max_reqs, max_blocks) -> the runner's input buffers (InputBuffers) sized for
+    # a drafter's batches: drafters prepare inputs exactly as the target does.
+    new_input_buffers: Callable[[int, int, int], Any]
+    # (capture sizes, name) -> the runner's CUDA graph runner (CudaGraphRunner), not captured
+    # yet; and max tokens -> the runner's capture sizes up to it. Drafters replay their own
+    # per-token forwards from such graphs.
+    new_graph_runner: Callable[..., Any]
+    graph_sizes: Callable[[int], list[int]]
+
+
+class Proposer(Protocol):
+    """A drafter. Subclass it explicitly to get the defaults below (a drafter without a KV
+    cache, that does not read the target's hidden states and keeps no per-request state)."""
+
+    def propose(self, reqs: list[ProposeReq]) -> dict[str, list[int]]:
+        """Draft tokens per request id (requests absent from the result get no drafts)."""
+        ...
+
+    def kv_bytes_per_block(self) -> int:
+        """Bytes of the drafter's own KV cache per block (it gets as many blocks as the target)."""
+        return 0
+
+    def initialize_kv_cache(self, num_blocks: int) -> None:
+        pass
+
+    def observe_target(self, so, hidden: torch.Tensor, rows: list[tuple[int, int]]) -> None:
+        """Called after every target forward: hidden [T, H], rows[i] = the token rows of
+        so.reqs[i]. EAGLE keeps them; other drafters ignore them."""
+
+    def drop(self, req_id: str) -> None:
+        """The request finished: forget its state."""
+
+
+def build_proposer(ctx: ProposerContext) -> Proposer | None:
+    sc = ctx.config.speculative_config
     if sc is None:
         return None
     if sc.method == "ngram":
@@ -25,8 +77,8 @@ def build_proposer(config: VllmConfig, runner):
                              sc.prompt_lookup_max, always_draft=sc.acceptance_rate is not None)
     if sc.method == "draft_model":
         from vllm.v1.spec_decode.draft_model import DraftModelProposer
-        return DraftModelProposer(config, runner)
+        return DraftModelProposer(ctx)
     if sc.method == "eagle":
         from vllm.v1.spec_decode.eagle import EagleProposer
-        return EagleProposer(config, runner)
+        return EagleProposer(ctx)
     raise ValueError(f"speculative method {sc.method!r} is not supported")

@@ -15,6 +15,7 @@ Modes (VLLM_SCV_MODE):
   adaptive    replay a graph if one exists for the padded shape, else vectorized; a shape gets
               captured only once it has been seen ``adaptive_capture_after`` times (hot shapes
               pay the capture once, one-off shapes never do). ``ScvVerifier.warmup`` pre-captures.
+The graphs live in scv_graph.py; the NWOR commit slots built from the mask in nwor_commit.py.
 
 Robustness (seed 002): shapes are validated on the host from host-known sizes before anything
 launches (no sync). Positions beyond sampled_token_ids.shape[1] are masked, never read (no OOB,
@@ -24,18 +25,20 @@ reference with one log line.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 
 from vllm import envs
 from vllm.logger import init_logger, log_once
-from vllm.platform import has_triton, nvtx_range, use_triton
+from vllm.platform import has_triton, kernel_enabled, nonempty, nvtx_range
+from vllm.v1.constants import PLACEHOLDER_TOKEN_ID
+from vllm.v1.spec_decode.metadata import draft_spans
+from vllm.v1.spec_decode.scv_graph import ScvGraphCache
 
 logger = init_logger(__name__)
 
-PLACEHOLDER_TOKEN_ID = -1
 SCV_MODES = envs.SCV_MODES
 
 if has_triton():
@@ -79,30 +82,8 @@ if has_triton():
                        other=_PH)
         valid = n_acc + (has_tail & (tail != _PH)).to(tl.int32)
         tl.store(valid_ptr + r, valid.to(tl.int32))
-
-    @triton.jit
-    def _commit_slots_kernel(
-        mask_ptr,          # [R, width] bool accepted mask (any strides)
-        stride_m0, stride_m1,
-        width,
-        slot_ptr,          # [T] int64 KV slot of each draft token
-        num_draft,         # T
-        cu_ptr,            # [R] int cumulative end offsets
-        out_ptr,           # [T] int64 out: slot if accepted else -1
-        BLOCK: tl.constexpr,   # power of two >= width; positions past it are pre-filled by caller
-    ):
-        r = tl.program_id(0)
-        end = tl.load(cu_ptr + r).to(tl.int64)
-        start = tl.load(cu_ptr + r - 1, mask=r > 0, other=0).to(tl.int64)
-        offs = tl.arange(0, BLOCK)
-        in_req = (offs < end - start) & (start >= 0) & (start + offs < num_draft)
-        acc = tl.load(mask_ptr + r * stride_m0 + offs * stride_m1, mask=in_req & (offs < width),
-                      other=0) != 0
-        slot = tl.load(slot_ptr + start + offs, mask=in_req, other=-1)
-        tl.store(out_ptr + start + offs, tl.where(acc, slot, -1), mask=in_req)
 else:  # pragma: no cover - exercised only without triton
     _scv_compute_mask_kernel = None
-    _commit_slots_kernel = None
 
 
 @dataclass
@@ -118,19 +99,6 @@ class ScvResult:
 
 # ---- mask: kernel, torch reference, host baseline ------------------------------------------------
 
-def _kernel_enabled(device: torch.device, force_triton: bool) -> bool:
-    if force_triton:
-        if not has_triton():
-            raise RuntimeError("force_triton=True but triton is not importable")
-        return True
-    return use_triton(device)
-
-
-def _nonempty(t: torch.Tensor) -> torch.Tensor:
-    # Triton wants a real pointer; an empty CUDA tensor may have data_ptr 0. Never read (masked).
-    return t if t.numel() > 0 else torch.zeros(1, dtype=t.dtype, device=t.device)
-
-
 def scv_compute_mask(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor,
                      sampled_token_ids: torch.Tensor, width: int, force_triton: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -140,7 +108,7 @@ def scv_compute_mask(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.T
     Shapes must already be validated (ScvVerifier does it). One launch, grid = R.
     """
     device = sampled_token_ids.device
-    if not _kernel_enabled(device, force_triton):
+    if not kernel_enabled(device, force_triton):
         return scv_compute_mask_ref(draft_token_ids, cu_num_draft_tokens, sampled_token_ids,
                                     width)
     num_reqs = cu_num_draft_tokens.shape[0]
@@ -150,17 +118,11 @@ def scv_compute_mask(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.T
     if num_reqs == 0:
         return mask, num_acc, valid
     _scv_compute_mask_kernel[(num_reqs,)](
-        _nonempty(draft_token_ids), draft_token_ids.shape[0], cu_num_draft_tokens,
-        _nonempty(sampled_token_ids), sampled_token_ids.stride(0), sampled_token_ids.stride(1),
-        sampled_token_ids.shape[1], _nonempty(mask), num_acc, valid, width,
+        nonempty(draft_token_ids), draft_token_ids.shape[0], cu_num_draft_tokens,
+        nonempty(sampled_token_ids), sampled_token_ids.stride(0), sampled_token_ids.stride(1),
+        sampled_token_ids.shape[1], nonempty(mask), num_acc, valid, width,
         BLOCK=triton.next_power_of_2(width + 1))
     return mask, num_acc, valid
-
-
-def _starts_ends(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    ends = cu.long()
-    starts = torch.cat([ends.new_zeros(1), ends[:-1]]) if ends.numel() else ends
-    return starts, ends
 
 
 def scv_compute_mask_ref(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor,
@@ -170,7 +132,7 @@ def scv_compute_mask_ref(draft_token_ids: torch.Tensor, cu_num_draft_tokens: tor
     device = sampled_token_ids.device
     num_reqs, num_cols = sampled_token_ids.shape
     num_draft = draft_token_ids.shape[0]
-    starts, ends = _starts_ends(cu_num_draft_tokens.to(device))
+    starts, ends = draft_spans(cu_num_draft_tokens.to(device))
     pos = torch.arange(width, device=device).unsqueeze(0)                      # [1, W]
     idx = starts.unsqueeze(1) + pos                                            # [R, W]
     ok = (pos < (ends - starts).unsqueeze(1)) & (pos < num_cols) & (starts >= 0).unsqueeze(1) \
@@ -231,56 +193,6 @@ def scv_compute_mask_host(draft_token_ids: torch.Tensor, cu_num_draft_tokens: to
             torch.tensor(valid, dtype=torch.int32).to(device))
 
 
-# ---- commit slots (NWOR) -------------------------------------------------------------------------
-
-def acceptance_to_commit_slots(accepted_mask: torch.Tensor, draft_slot_mapping: torch.Tensor,
-                               cu_num_draft_tokens: torch.Tensor,
-                               max_num_draft_tokens: Optional[int] = None,
-                               force_triton: bool = False) -> torch.Tensor:
-    """commit_slots [T] int64: the draft's KV slot if accepted, else -1 ("do not write").
-
-    accepted_mask [R, W]; draft_slot_mapping [T]; cu_num_draft_tokens [R]. Pass
-    max_num_draft_tokens (host-known max k_r) to skip the -1 pre-fill when it is <= W.
-    """
-    device = draft_slot_mapping.device
-    if not _kernel_enabled(device, force_triton):
-        return acceptance_to_commit_slots_ref(accepted_mask, draft_slot_mapping,
-                                              cu_num_draft_tokens)
-    num_reqs, width = accepted_mask.shape
-    num_draft = draft_slot_mapping.shape[0]
-    block = triton.next_power_of_2(max(width, 1))
-    if max_num_draft_tokens is None or max_num_draft_tokens > block:
-        # Positions past the kernel's block are never accepted (>= W): pre-fill them with -1.
-        out = torch.full((num_draft,), -1, dtype=torch.int64, device=device)
-    else:
-        out = torch.empty(num_draft, dtype=torch.int64, device=device)
-    if num_reqs == 0 or num_draft == 0:
-        return out.fill_(-1)
-    _commit_slots_kernel[(num_reqs,)](
-        _nonempty(accepted_mask), accepted_mask.stride(0), accepted_mask.stride(1), width,
-        draft_slot_mapping, num_draft, cu_num_draft_tokens,
-        out, BLOCK=block)
-    return out
-
-
-def acceptance_to_commit_slots_ref(accepted_mask: torch.Tensor,
-                                   draft_slot_mapping: torch.Tensor,
-                                   cu_num_draft_tokens: torch.Tensor) -> torch.Tensor:
-    device = draft_slot_mapping.device
-    num_reqs, width = accepted_mask.shape
-    num_draft = draft_slot_mapping.shape[0]
-    if num_reqs == 0 or width == 0 or num_draft == 0:
-        return torch.full((num_draft,), -1, dtype=torch.int64, device=device)
-    starts, ends = _starts_ends(cu_num_draft_tokens.to(device))
-    t = torch.arange(num_draft, device=device)
-    req = torch.searchsorted(ends, t, right=True)                              # [T] request of t
-    in_req = req < num_reqs
-    req_c = req.clamp(max=num_reqs - 1)
-    i = t - starts[req_c]                                                      # position in req
-    acc = in_req & (i < width) & (i >= 0) & accepted_mask[req_c, i.clamp(0, width - 1)]
-    return torch.where(acc, draft_slot_mapping.long(), torch.full_like(t, -1))
-
-
 # ---- mode resolution and the verifier ------------------------------------------------------------
 
 def resolve_scv_mode(requested: Optional[str], device: torch.device | str) -> str:
@@ -299,36 +211,29 @@ def resolve_scv_mode(requested: Optional[str], device: torch.device | str) -> st
     return mode
 
 
-def _batch_buckets(max_num_reqs: int) -> list[int]:
-    buckets, b = [], 1
-    while b < max_num_reqs:
-        buckets.append(b)
-        b *= 2
-    buckets.append(max_num_reqs)
-    return buckets
-
-
 @dataclass
-class _Graph:
-    graph: "torch.cuda.CUDAGraph"
-    draft: torch.Tensor      # [Rb * W] int64 static input
-    cu: torch.Tensor         # [Rb] int64 static input
-    sampled: torch.Tensor    # [Rb, W + 1] int64 static input
-    mask: torch.Tensor       # [Rb, W] bool static output
-    num_acc: torch.Tensor    # [Rb] int32 static output
-    valid: torch.Tensor      # [Rb] int32 static output
+class ScvStats:
+    """Counters of one verifier (the engine exports them as vllm:scv_* metrics)."""
+    mode_counts: dict[str, int] = field(
+        default_factory=lambda: {"off": 0, "vectorized": 0, "graph": 0})
+    invalid_inputs: int = 0     # shapes the fast paths reject: computed on the host instead
+    graphs: Optional[ScvGraphCache] = None
+
+    @property
+    def fallbacks(self) -> int:
+        """Invalid inputs plus shapes whose graph capture failed (both took a slower path)."""
+        return self.invalid_inputs + (self.graphs.capture_failures if self.graphs else 0)
 
 
 class ScvVerifier:
     """Computes the acceptance mask in one mode and keeps the CUDA graphs and counters.
 
     Graph outputs are views of static buffers, valid until this verifier's next call (the
-    runner consumes them within the step); pass clone_outputs=True to get private copies.
-    """
+    runner consumes them within the step)."""
 
     def __init__(self, mode: Optional[str], device: torch.device | str,
                  max_num_reqs: int = 256, max_spec_len: int = 16,
-                 adaptive_capture_after: int = 4, clone_outputs: bool = False):
+                 adaptive_capture_after: int = 4):
         if max_num_reqs < 1:
             raise ValueError(f"max_num_reqs must be >= 1, got {max_num_reqs}")
         if max_spec_len < 1:
@@ -337,31 +242,39 @@ class ScvVerifier:
         if self.device.type == "cuda" and self.device.index is None:
             # tensors report cuda:N; a bare "cuda" would never compare equal to them
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.requested_mode = mode
         self.mode = resolve_scv_mode(mode, self.device)
-        self.max_num_reqs = max_num_reqs
         self.max_spec_len = max_spec_len
-        self.adaptive_capture_after = adaptive_capture_after
-        self.clone_outputs = clone_outputs
-        self.buckets = _batch_buckets(max_num_reqs)
-        self.mode_counts: dict[str, int] = {"off": 0, "vectorized": 0, "graph": 0}
-        self.fallbacks = 0           # invalid shapes -> host ref, or graph capture failures
-        self.last_capture_error: Optional[str] = None
-        self.num_captures = 0
-        self._graphs: dict[tuple[int, int], _Graph] = {}
-        self._failed: set[tuple[int, int]] = set()
-        self._seen: dict[tuple[int, int], int] = {}
-        self._pool = None
+        self.graphs = ScvGraphCache(scv_compute_mask, self.device, max_num_reqs, max_spec_len,
+                                    adaptive_capture_after)
+        self.stats = ScvStats(graphs=self.graphs)
 
-    # -- public ---------------------------------------------------------------------------------
+    @property
+    def mode_counts(self) -> dict[str, int]:
+        return self.stats.mode_counts
+
+    @property
+    def fallbacks(self) -> int:
+        return self.stats.fallbacks
+
+    @property
+    def num_graphs(self) -> int:
+        return self.graphs.num_graphs
+
+    @property
+    def num_captures(self) -> int:
+        return self.graphs.num_captures
 
     def compute(self, draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor,
                 sampled_token_ids: torch.Tensor,
                 num_draft_tokens: Optional[Sequence[int]] = None,
-                max_spec_len: Optional[int] = None, mode: Optional[str] = None,
-                force_triton: bool = False) -> ScvResult:
-        """See compute_acceptance. mode overrides this verifier's mode for one call."""
-        run_mode = self.mode if mode is None else resolve_scv_mode(mode, self.device)
+                max_spec_len: Optional[int] = None) -> ScvResult:
+        """The acceptance mask of one verify step.
+
+        draft_token_ids [T]; cu_num_draft_tokens [R] cumulative end offsets on the device;
+        sampled_token_ids [R, max_spec_len + 1] (rejection-sampler output, -1 padded).
+        num_draft_tokens: optional host list of k_r; enables the (sync-free) consistency check
+        against T and sets the mask width to max(k_r). max_spec_len overrides the width."""
+        run_mode = self.mode
         with nvtx_range("scv_compute_mask"):
             width = _mask_width(sampled_token_ids, num_draft_tokens, max_spec_len)
             problem = _validate(draft_token_ids, cu_num_draft_tokens, sampled_token_ids,
@@ -369,11 +282,11 @@ class ScvVerifier:
             if problem is not None:
                 log_once(logger, logging.WARNING, f"scv-invalid-{problem.split(':')[0]}",
                          "SCV: %s; falling back to the host reference", problem)
-                self.fallbacks += 1
+                self.stats.invalid_inputs += 1
                 run_mode = "off"
             if run_mode in ("graph", "adaptive"):
-                out = self._try_graph(run_mode, draft_token_ids, cu_num_draft_tokens,
-                                      sampled_token_ids, width)
+                out = self.graphs.run(run_mode == "adaptive", draft_token_ids,
+                                      cu_num_draft_tokens, sampled_token_ids, width)
                 if out is not None:
                     return self._result(out, "graph")
                 run_mode = "vectorized"
@@ -382,7 +295,7 @@ class ScvVerifier:
                                             sampled_token_ids, width)
             else:
                 out = scv_compute_mask(draft_token_ids, cu_num_draft_tokens, sampled_token_ids,
-                                       width, force_triton=force_triton)
+                                       width)
             return self._result(out, run_mode)
 
     def warmup(self, batch_sizes: Optional[Sequence[int]] = None,
@@ -390,96 +303,10 @@ class ScvVerifier:
         """Capture graphs ahead of time (graph/adaptive on CUDA). Returns graphs captured."""
         if self.mode not in ("graph", "adaptive"):
             return 0
-        before = self.num_captures
-        for rb in sorted({self._bucket(b) for b in (batch_sizes or self.buckets)} - {None}):
-            for w in (widths or range(1, self.max_spec_len + 1)):
-                self._get_graph(rb, w, capture=True)
-        return self.num_captures - before
-
-    @property
-    def num_graphs(self) -> int:
-        return len(self._graphs)
-
-    # -- graph path -----------------------------------------------------------------------------
-
-    def _bucket(self, num_reqs: int) -> Optional[int]:
-        for b in self.buckets:
-            if b >= num_reqs:
-                return b
-        return None
-
-    def _try_graph(self, mode: str, draft: torch.Tensor, cu: torch.Tensor,
-                   sampled: torch.Tensor, width: int):
-        num_reqs = cu.shape[0]
-        rb = self._bucket(num_reqs)
-        if (rb is None or num_reqs == 0 or not 1 <= width <= self.max_spec_len
-                or any(t.device != self.device for t in (draft, cu, sampled))):
-            return None
-        key = (rb, width)
-        if mode == "adaptive" and key not in self._graphs:
-            self._seen[key] = self._seen.get(key, 0) + 1
-            if self._seen[key] < self.adaptive_capture_after:
-                return None
-        g = self._get_graph(rb, width, capture=True)
-        if g is None or draft.shape[0] > g.draft.shape[0]:
-            return None
-        # Copy into the static inputs. Padded requests repeat the last end offset (k = 0);
-        # columns past the real row are -1, which never matches: the same result as the OOB clamp.
-        num_draft = draft.shape[0]
-        if num_draft:
-            g.draft[:num_draft].copy_(draft)
-        g.cu[:num_reqs].copy_(cu)
-        if num_reqs < rb:
-            g.cu[num_reqs:].copy_(cu[num_reqs - 1:].expand(rb - num_reqs))
-        cols = min(sampled.shape[1], width + 1)
-        if cols:
-            g.sampled[:num_reqs, :cols].copy_(sampled[:, :cols])
-        if cols < width + 1:
-            g.sampled[:num_reqs, cols:].fill_(PLACEHOLDER_TOKEN_ID)
-        g.graph.replay()
-        out = (g.mask[:num_reqs], g.num_acc[:num_reqs], g.valid[:num_reqs])
-        if self.clone_outputs:
-            out = tuple(t.clone() for t in out)
-        return out
-
-    def _get_graph(self, rb: int, width: int, capture: bool) -> Optional[_Graph]:
-        key = (rb, width)
-        if key in self._graphs or key in self._failed or not capture:
-            return self._graphs.get(key)
-        try:
-            g = self._capture(rb, width)
-        except Exception as exc:  # capture is an optimization: never fail the step for it
-            self._failed.add(key)
-            self.fallbacks += 1
-            self.last_capture_error = f"{type(exc).__name__}: {exc}"
-            log_once(logger, logging.WARNING, "scv-graph-capture-failed",
-                     "SCV: CUDA graph capture failed (%r: %s); using 'vectorized' for this shape",
-                     type(exc).__name__, exc)
-            return None
-        self._graphs[key] = g
-        self.num_captures += 1
-        return g
-
-    def _capture(self, rb: int, width: int) -> _Graph:
-        dev = self.device
-        draft = torch.zeros(rb * width, dtype=torch.int64, device=dev)
-        cu = torch.zeros(rb, dtype=torch.int64, device=dev)
-        sampled = torch.full((rb, width + 1), PLACEHOLDER_TOKEN_ID, dtype=torch.int64, device=dev)
-        # Warm up on a side stream (compiles the Triton kernel outside the capture).
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):
-            scv_compute_mask(draft, cu, sampled, width)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            mask, num_acc, valid = scv_compute_mask(draft, cu, sampled, width)
-        return _Graph(graph, draft, cu, sampled, mask, num_acc, valid)
+        return self.graphs.warmup(batch_sizes, widths)
 
     def _result(self, out, mode: str) -> ScvResult:
-        self.mode_counts[mode] += 1
+        self.stats.mode_counts[mode] += 1
         mask, num_acc, valid = out
         return ScvResult(mask, num_acc, num_acc, valid, mode)
 
@@ -523,31 +350,3 @@ def _validate(draft: torch.Tensor, cu: torch.Tensor, sampled: torch.Tensor,
             return (f"num_draft_tokens: sums to {sum(num_draft_tokens)} but draft_token_ids has "
                     f"{draft.shape[0]} tokens")
     return None
-
-
-_default_verifiers: dict[str, ScvVerifier] = {}
-
-
-def compute_acceptance(draft_token_ids: torch.Tensor, cu_num_draft_tokens: torch.Tensor,
-                       sampled_token_ids: torch.Tensor, mode: Optional[str] = None, *,
-                       num_draft_tokens: Optional[Sequence[int]] = None,
-                       max_spec_len: Optional[int] = None,
-                       verifier: Optional[ScvVerifier] = None,
-                       force_triton: bool = False) -> ScvResult:
-    """The acceptance mask of one verify step.
-
-    draft_token_ids [T]; cu_num_draft_tokens [R] cumulative end offsets on the device;
-    sampled_token_ids [R, max_spec_len + 1] (rejection-sampler output, -1 padded).
-    num_draft_tokens: optional host list of k_r; enables the (sync-free) consistency check
-    against T and sets the mask width to max(k_r). max_spec_len overrides the width.
-    mode None = the verifier's mode (or resolve_scv_mode(None) = 'vectorized').
-    verifier: holds graphs/counters; default one per device (shared by callers).
-    """
-    if verifier is None:
-        key = str(sampled_token_ids.device)
-        verifier = _default_verifiers.get(key)
-        if verifier is None:
-            verifier = _default_verifiers[key] = ScvVerifier(None, sampled_token_ids.device)
-    return verifier.compute(draft_token_ids, cu_num_draft_tokens, sampled_token_ids,
-                            num_draft_tokens=num_draft_tokens, max_spec_len=max_spec_len,
-                            mode=mode, force_triton=force_triton)

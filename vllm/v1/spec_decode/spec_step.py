@@ -1,7 +1,11 @@
-"""The verify half of a speculative step, as the model runner calls it: rejection sampling,
-the SCV acceptance mask, and the NWOR commit of accepted drafts' K/V."""
+"""The verify half of a speculative step, as the model runner calls it: the step's plan, then
+rejection sampling, the SCV acceptance mask, and the NWOR commit of accepted drafts' K/V.
+
+Per step the runner calls plan() (before preparing inputs), verify_and_commit() (after the
+forward) and to_host() (the step's one host sync), all driven by the same SpecStepPlan."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -9,13 +13,26 @@ import torch
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
 from vllm.v1.sample.metadata import SamplingMetadata
-from vllm.v1.sample.rejection_sampler import PLACEHOLDER_TOKEN_ID, RejectionSampler
-from vllm.v1.spec_decode.metadata import SpecDecodeMetadata
+from vllm.v1.constants import PLACEHOLDER_TOKEN_ID
+from vllm.v1.core.sched_output import SchedulerOutput
+from vllm.v1.sample.rejection_sampler import RejectionSampler
+from vllm.v1.spec_decode.metadata import SpecDecodeMetadata, SpecStepPlan
 from vllm.v1.spec_decode.metrics import SpecDecodingStats
-from vllm.v1.spec_decode.nwor import NworStager
-from vllm.v1.spec_decode.scv import ScvVerifier, acceptance_to_commit_slots, resolve_scv_mode
+from vllm.v1.spec_decode.nwor import NworStager, NworStats
+from vllm.v1.spec_decode.nwor_commit import acceptance_to_commit_slots
+from vllm.v1.spec_decode.scv import ScvStats, ScvVerifier, resolve_scv_mode
 
 logger = init_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SpecDecodeCounters:
+    """Live references to one engine's speculative-decoding counters (they keep counting)."""
+    spec: SpecDecodingStats
+    nwor: NworStats
+    nwor_mode: str
+    scv_mode: str
+    scv: ScvStats
 
 
 class SpecDecodeStep:
@@ -47,22 +64,36 @@ class SpecDecodeStep:
                     f" CONTROLLED acceptance_rate={self.acceptance_rate} (benchmark only)"
                     if self.acceptance_rate is not None else "")
 
-    def verify_and_commit(self, spec: SpecDecodeMetadata, logits: torch.Tensor,
-                          md: SamplingMetadata, kv_cache: torch.Tensor,
-                          staged: bool) -> torch.Tensor:
+    @property
+    def staging(self) -> Optional[torch.Tensor]:
+        """NWOR's staging buffer [L, S, 2, Hkv, D] (static address), or None when not staging."""
+        return self.nwor.staging
+
+    def counters(self) -> SpecDecodeCounters:
+        return SpecDecodeCounters(self.stats, self.nwor.stats, self.nwor.mode, self.scv_mode,
+                                  self.scv.stats)
+
+    def plan(self, so: SchedulerOutput) -> SpecStepPlan:
+        """Decided once per step, before its inputs are prepared."""
+        return SpecStepPlan(staged=self.nwor.use_for_step(so.num_spec_tokens),
+                            stage_index=self.nwor.enabled)
+
+    def verify_and_commit(self, plan: SpecStepPlan, logits: torch.Tensor,
+                          md: SamplingMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
         """logits [N, V]: all logits rows of the step. Returns [R_s, max_k + 1] token ids
         padded with PLACEHOLDER_TOKEN_ID; launches the NWOR commit when drafts were staged."""
+        spec = plan.drafts
         target_logits = logits[spec.target_logits_rows]
         if self.acceptance_rate is None:
             out = self.rejection_sampler(spec.draft_token_ids, spec.num_draft_tokens,
                                          spec.draft_probs, target_logits, md)
         else:
             out = self._controlled(spec, target_logits)
-        if staged:
+        if plan.staged:
             self.nwor.begin(spec.total_drafts, len(spec.num_draft_tokens))
         res = self.scv.compute(spec.draft_token_ids, spec.cu_num_draft_tokens, out,
                                num_draft_tokens=spec.num_draft_tokens, max_spec_len=self.k)
-        if staged:
+        if plan.staged:
             slots = acceptance_to_commit_slots(res.accepted_mask, spec.draft_slots,
                                                spec.cu_num_draft_tokens)
             self.nwor.commit(kv_cache, slots)
@@ -94,13 +125,14 @@ class SpecDecodeStep:
         out.scatter_(1, n_acc[:, None], tok[:, None])
         return out
 
-    def to_host(self, out: torch.Tensor, num_drafts: list[int], staged: bool) -> list[list[int]]:
-        """Copies the verified tokens to the host (a sync) and records the step's counters."""
+    def to_host(self, plan: SpecStepPlan, out: torch.Tensor) -> list[list[int]]:
+        """Copies the verified tokens to the host (a sync) and records the step's counters.
+        Returns per request of plan.drafts.req_indices its emitted tokens."""
         rows = out.tolist()
         toks = [[t for t in row if t != PLACEHOLDER_TOKEN_ID] for row in rows]
         accepted = [len(t) - 1 for t in toks]
-        for k, a in zip(num_drafts, accepted):
+        for k, a in zip(plan.drafts.num_draft_tokens, accepted):
             self.stats.observe(k, a)
-        if staged:
+        if plan.staged:
             self.nwor.record(accepted)
         return toks

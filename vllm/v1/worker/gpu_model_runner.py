@@ -10,19 +10,20 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vllm import envs
 from vllm.config import VllmConfig
 from vllm.forward_context import ForwardContext, set_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.loader import load_model
 from vllm.platform import nvtx_range
+from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
 from vllm.v1.core.sched_output import RunnerOutput, SchedulerOutput
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.sampler import Sampler
-from vllm.v1.spec_decode.proposer import ProposeReq, build_proposer
+from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext, build_proposer
+from vllm.v1.spec_decode.spec_step import SpecDecodeCounters, SpecDecodeStep
 from vllm.v1.worker.cudagraph import CudaGraphRunner, default_capture_sizes
 from vllm.v1.worker.input_batch import InputBuffers
-from vllm.v1.worker.kv_cache_alloc import allocate_kv_cache, kv_bytes_per_block, num_kv_blocks
+from vllm.v1.worker.kv_cache_alloc import num_kv_blocks
 from vllm.v1.worker.sampling_utils import gather_logprobs, mask_min_tokens
 
 logger = init_logger(__name__)
@@ -43,12 +44,15 @@ class GPUModelRunner:
         self.head_dim = mc.head_dim
         self.sampler = Sampler()
         self.generators: dict[str, torch.Generator] = {}
-        self.proposer = build_proposer(config, self)
+        self.proposer = build_proposer(ProposerContext(
+            config, device, self.dtype, self.block_size, self.model,
+            lambda t, r, b: InputBuffers(t, r, b, self.block_size, device),
+            CudaGraphRunner, default_capture_sizes))
         self.kv_cache: Optional[torch.Tensor] = None
         self.graphs = CudaGraphRunner([])
         # Decode batches of greedy requests: forward, LM head and argmax in one graph.
         self.greedy_graphs = CudaGraphRunner([])
-        self.spec_step = None   # SpecDecodeStep when speculative decoding is on
+        self.spec_step: Optional[SpecDecodeStep] = None   # when speculative decoding is on
         # Host time of each step launch; bounded, a server runs for ever.
         self.step_times: deque[float] = deque(maxlen=64)
         self._last_tokens: Optional[torch.Tensor] = None   # [n] previous launch's samples
@@ -91,7 +95,6 @@ class GPUModelRunner:
         self.buffers = InputBuffers(self.max_tokens, sc.max_num_seqs, max_blocks,
                                     self.block_size, self.device)
         if cfg.speculative_config is not None:
-            from vllm.v1.spec_decode.spec_step import SpecDecodeStep
             self.spec_step = SpecDecodeStep(cfg, self.device, self.num_layers, self.num_kv_heads,
                                             self.head_dim, self.dtype)
         if self.device.type == "cuda" and not cfg.enforce_eager:
@@ -106,7 +109,10 @@ class GPUModelRunner:
 
     @property
     def staging(self) -> Optional[torch.Tensor]:
-        return self.spec_step.nwor.staging if self.spec_step else None
+        return self.spec_step.staging if self.spec_step else None
+
+    def spec_decode_counters(self) -> Optional[SpecDecodeCounters]:
+        return self.spec_step.counters() if self.spec_step else None
 
     def _graph_forward(self, T: int) -> torch.Tensor:
         md = self.buffers.attn_view(T, with_stage=self.staging is not None)
@@ -145,11 +151,10 @@ class GPUModelRunner:
     def _launch(self, so: SchedulerOutput) -> "PendingOutput":
         reqs = so.reqs
         spec = self.spec_step
-        staged = spec is not None and spec.nwor.use_for_step(so.num_spec_tokens)
+        plan = spec.plan(so) if spec is not None else None
         T = so.num_tokens
         Tp = self.graphs.padded_size(T)
-        inp = self.buffers.prepare(so, Tp or T, stage_drafts=staged,
-                                   keep_stage_index=self.staging is not None)
+        inp = self.buffers.prepare(so, Tp or T, plan)
         if inp.unknown_rows is not None:
             self._fill_unknown_tokens(reqs, inp)
         Tg = self.greedy_graphs.padded_size(T) if T == len(reqs) else None
@@ -163,8 +168,8 @@ class GPUModelRunner:
                 ctx = ForwardContext(inp.attn, self.kv_cache, self.staging)
                 with set_forward_context(ctx):
                     hidden = self.model(inp.input_ids, inp.positions)[:T]
-        if getattr(self.proposer, "needs_hidden", False):
-            self.proposer.observe(so, hidden, inp.hidden_rows_per_req)   # EAGLE
+        if self.proposer is not None:
+            self.proposer.observe_target(so, hidden, inp.hidden_rows_per_req)
         logits = self.model.compute_logits(hidden[inp.logits_indices])   # [N, V] fp32
 
         plain = [i for i, r in enumerate(reqs) if r.sample and r.num_spec == 0]
@@ -189,22 +194,23 @@ class GPUModelRunner:
         spec_out = None
         if inp.spec is not None:
             md = self._sampling_metadata([reqs[i] for i in inp.spec.req_indices])
-            spec_out = spec.verify_and_commit(inp.spec, logits, md, self.kv_cache, staged)
-        return self._pending(so, inp, logits, plain, plain_tokens, spec_out, staged)
+            plan = plan.with_drafts(inp.spec)
+            spec_out = spec.verify_and_commit(plan, logits, md, self.kv_cache)
+        return self._pending(so, inp, logits, plain, plain_tokens, spec_out, plan)
 
     def _launch_greedy_decode(self, so, inp, Tg: int) -> "PendingOutput":
         """Every request decodes one greedy token: a single graph replay yields the tokens."""
         T = len(so.reqs)
         with nvtx_range("forward"):
             hidden, tokens = self.greedy_graphs.replay(Tg)
-        if getattr(self.proposer, "needs_hidden", False):
-            self.proposer.observe(so, hidden[:T], inp.hidden_rows_per_req)
+        if self.proposer is not None:
+            self.proposer.observe_target(so, hidden[:T], inp.hidden_rows_per_req)
         tokens = tokens[:T]
         self._last_tokens = tokens
         self._last_rows = {r.req_id: j for j, r in enumerate(so.reqs)}
-        return self._pending(so, inp, None, list(range(T)), tokens, None, False)
+        return self._pending(so, inp, None, list(range(T)), tokens, None, None)
 
-    def _pending(self, so, inp, logits, plain, plain_tokens, spec_out, staged) -> "PendingOutput":
+    def _pending(self, so, inp, logits, plain, plain_tokens, spec_out, plan) -> "PendingOutput":
         host_tokens, done = None, None
         if plain_tokens is not None and self.device.type == "cuda":
             # Start the copy now; result() only waits for it (pinned, so truly asynchronous).
@@ -214,7 +220,7 @@ class GPUModelRunner:
             done = torch.cuda.Event()
             done.record()
         return PendingOutput(self, so, inp, logits, plain, plain_tokens, host_tokens, done,
-                             spec_out, staged)
+                             spec_out, plan)
 
     def _to_device_i64(self, values) -> torch.Tensor:
         t = torch.as_tensor(values, dtype=torch.int64)
@@ -257,8 +263,7 @@ class GPUModelRunner:
                 sampled[i] = [tok]
         if p.spec_out is not None:
             spec = self.spec_step
-            for i, toks in zip(p.inp.spec.req_indices, spec.to_host(
-                    p.spec_out, p.inp.spec.num_draft_tokens, p.staged)):
+            for i, toks in zip(p.plan.drafts.req_indices, spec.to_host(p.plan, p.spec_out)):
                 sampled[i] = toks
         logprobs = None
         if any(r.params.logprobs is not None for r in reqs):
@@ -300,21 +305,21 @@ class PendingOutput:
     """A launched step. ``result()`` blocks until its tokens are on the host (once)."""
 
     def __init__(self, runner, so, inp, logits, plain, plain_tokens, host_tokens, done,
-                 spec_out, staged):
+                 spec_out, plan):
         self.runner, self.so, self.inp, self.logits = runner, so, inp, logits
         self.plain, self.plain_tokens = plain, plain_tokens
         self.host_tokens, self.done = host_tokens, done
-        self.spec_out, self.staged = spec_out, staged
+        self.spec_out, self.plan = spec_out, plan
         self._result: Optional[RunnerOutput] = None
 
     @staticmethod
     def empty() -> "PendingOutput":
-        p = PendingOutput(None, None, None, None, [], None, None, None, None, False)
+        p = PendingOutput(None, None, None, None, [], None, None, None, None, None)
         p._result = RunnerOutput([], [])
         return p
 
     def result(self) -> RunnerOutput:
         if self._result is None:
             self._result = self.runner._finish(self)
-            self.runner = self.inp = self.logits = self.spec_out = None
+            self.runner = self.inp = self.logits = self.spec_out = self.plan = None
         return self._result

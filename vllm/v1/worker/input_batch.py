@@ -5,13 +5,15 @@ T (tokens) / R (requests) rows and pads the rest so that padded tokens write not
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from vllm.forward_context import AttentionMetadata
+from vllm.v1.constants import PADDING_SLOT_ID
 from vllm.v1.core.sched_output import SchedulerOutput
-from vllm.v1.spec_decode.metadata import PADDING_SLOT_ID, SpecDecodeMetadata
+from vllm.v1.spec_decode.metadata import SpecDecodeMetadata, SpecStepPlan
 from vllm.v1.worker.packed_h2d import PackedH2D
 
 
@@ -69,10 +71,12 @@ class InputBuffers:
             token_req_idx=self.token_req_idx[:T],
             stage_index=self.stage_index[:T] if with_stage else None)
 
-    def prepare(self, so: SchedulerOutput, padded_tokens: int, stage_drafts: bool,
-                keep_stage_index: bool = False) -> StepInputs:
-        """stage_drafts: drafts go to NWOR staging this step. keep_stage_index: the staging
-        index is passed even when nothing is staged (all -1), as the CUDA graphs expect."""
+    def prepare(self, so: SchedulerOutput, padded_tokens: int,
+                plan: Optional[SpecStepPlan]) -> StepInputs:
+        """plan: the step's speculative plan (None: speculative decoding is off); it says
+        whether drafts go to NWOR staging and whether the staging index is passed at all."""
+        stage_drafts = plan is not None and plan.staged
+        keep_stage_index = plan is not None and plan.stage_index
         reqs = so.reqs
         R = len(reqs)
         bs = self.block_size

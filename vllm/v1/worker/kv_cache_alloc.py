@@ -1,4 +1,5 @@
-"""Sizing and allocating the paged KV cache."""
+"""Sizing the paged KV cache: how many blocks fit in memory (the layout is in
+vllm/v1/attention/kv_layout.py)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -9,20 +10,6 @@ from vllm.config import VllmConfig
 from vllm.logger import init_logger
 
 logger = init_logger(__name__)
-
-
-def kv_bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int,
-                       dtype: torch.dtype) -> int:
-    return num_layers * 2 * block_size * num_kv_heads * head_dim * torch.empty(
-        (), dtype=dtype).element_size()
-
-
-def allocate_kv_cache(num_layers: int, num_blocks: int, block_size: int, num_kv_heads: int,
-                      head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    # [L, 2, num_blocks, block_size, Hkv, D]: one tensor, so one kernel can address every layer
-    # (the NWOR commit scatters all layers in one launch).
-    return torch.zeros(num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim,
-                       dtype=dtype, device=device)
 
 
 def num_kv_blocks(config: VllmConfig, device: torch.device, bytes_per_block: int,

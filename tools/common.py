@@ -1,4 +1,10 @@
-"""Shared helpers of the profiling tools: run metadata, percentiles, JSON output, progress bar."""
+"""What the benchmark and profiling tools share: run metadata (device, date, git sha, command),
+JSON output, percentiles and tables, timing on the device, the Llama-3-8B shapes, and the
+tools' own environment variables (the engine's live in vllm/envs.py; these are read only here).
+
+Run the tools as modules from the repository root, e.g.
+``python3 -m tools.benchmarks.bench_decode``: ``tools`` is a package, and nothing edits
+sys.path (``pip install -e .`` installs it too, so the scripts also run as files)."""
 from __future__ import annotations
 
 import datetime
@@ -9,15 +15,43 @@ import platform
 import shlex
 import subprocess
 import sys
-from typing import Any, Iterable, Optional, Sequence
+import time
+from typing import Any, Callable, Iterable, Optional, Sequence
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# name -> (default, parser, doc): environment variables only the tools read
+_TOOL_ENV: dict[str, tuple[Any, Callable[[str], Any], str]] = {
+    "TARGET_MODEL": (None, str, "target model of the profiling tools (default: the default "
+                     "model)"),
+    "DRAFT_MODEL": (None, str, "draft model for draft_model / eagle drafting"),
+    "TENSOR_PARALLEL_SIZE": (None, int, "tensor-parallel size of the profiling tools"),
+}
 
 
-def ensure_repo_on_path() -> None:
-    """Scripts run as files (python tools/profiling/x.py): make `vllm` and `tools` importable."""
-    if REPO_ROOT not in sys.path:
-        sys.path.insert(0, REPO_ROOT)
+def tool_env(name: str) -> Any:
+    """One of the tools' environment variables, parsed (ValueError naming it if malformed)."""
+    default, parse, _ = _TOOL_ENV[name]
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is invalid ({_TOOL_ENV[name][2]})") from None
+
+
+def python_module_cmd(module: str) -> list[str]:
+    """How one tool starts another: [python, -m, module] (``tools`` is a package)."""
+    return [sys.executable, "-m", module]
+
+
+def child_env() -> dict[str, str]:
+    """This environment with the repository first on PYTHONPATH: a child process started from
+    any working directory imports this checkout's ``tools`` and ``vllm``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    return env
 
 
 def git_sha() -> dict[str, Any]:
@@ -87,6 +121,7 @@ def _clean(obj: Any) -> Any:
 
 
 def write_json(path: str, obj: Any) -> str:
+    """Atomically (a killed run never leaves half a file), JSON-safe; says where on stderr."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = path + ".tmp"
@@ -94,6 +129,7 @@ def write_json(path: str, obj: Any) -> str:
         json.dump(_clean(obj), f, indent=2)
         f.write("\n")
     os.replace(tmp, path)
+    print(f"wrote {path}", file=sys.stderr)
     return path
 
 
@@ -156,3 +192,39 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     out = [line(headers), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells]
     return "\n".join(out)
+
+
+def sync() -> None:
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class Timer:
+    def __enter__(self):
+        sync()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *a):
+        sync()
+        self.s = time.perf_counter() - self.t0
+
+
+def llama3_8b_folder(root: str) -> str:
+    """A config-only folder with Llama-3-8B's shapes (weights come from load_format='dummy')."""
+    from transformers import LlamaConfig
+    path = os.path.join(root, "llama3-8b-shapes")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        cfg = LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                          max_position_embeddings=8192, rope_theta=500000.0,
+                          rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=128000,
+                          eos_token_id=128001)
+        cfg.architectures = ["LlamaForCausalLM"]
+        cfg.save_pretrained(path)
+    return path
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())

@@ -1,0 +1,1 @@
+"""Benchmark scripts: run them as modules from the repository root (python3 -m tools.benchmarks.bench_decode ...)."""
