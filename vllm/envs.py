@@ -135,6 +135,11 @@ def set_default(name: str, value: str) -> None:
     os.environ.setdefault(name, value)
 
 
+def is_set(name: str) -> bool:
+    """Whether the variable is given a non-empty value (env:// rendezvous checks its inputs)."""
+    return os.environ.get(name) not in (None, "")
+
+
 @contextlib.contextmanager
 def scoped(values: dict[str, str]):
     """Set variables while child processes are started (they copy the environment at spawn),

@@ -202,7 +202,7 @@ def main() -> None:
     if kind != "ok":
         raise SystemExit(payload)
     write_json(args.output, {"config": {**run_meta(), **vars(args),
-                                        **{k: envs.raw_environ().get(k)
+                                        **{k: os.environ.get(k)
                                            for k in NVLS_OFF_DEFAULTS}},
                              "results": payload})
 
