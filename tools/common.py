@@ -226,5 +226,19 @@ def llama3_8b_folder(root: str) -> str:
     return path
 
 
+def smollm2_folder(root: str) -> str:
+    """A config-only folder with SmolLM2-135M's shapes (weights from load_format='dummy')."""
+    from transformers import LlamaConfig
+    path = os.path.join(root, "smollm2-shapes")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                          max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                          tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+        cfg.architectures = ["LlamaForCausalLM"]
+        cfg.save_pretrained(path)
+    return path
+
+
 def weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())

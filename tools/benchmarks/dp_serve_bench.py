@@ -28,24 +28,10 @@ import time
 
 import httpx
 
-from tools.common import llama3_8b_folder, run_metadata as run_meta, write_json  # noqa: E402
+from tools.common import (llama3_8b_folder, run_metadata as run_meta,  # noqa: E402
+                          smollm2_folder, write_json)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def smollm2_folder(root: str) -> str:
-    """A config-only folder with SmolLM2-135M's shapes (weights: load_format='dummy')."""
-    from transformers import LlamaConfig
-    path = os.path.join(root, "smollm2-135m-shapes")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                          num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                          max_position_embeddings=8192, rope_theta=100000.0,
-                          rms_norm_eps=1e-5, tie_word_embeddings=True, bos_token_id=1,
-                          eos_token_id=2)
-        cfg.architectures = ["LlamaForCausalLM"]
-        cfg.save_pretrained(path)
-    return path
 
 
 def _port() -> int:

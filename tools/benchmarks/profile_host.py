@@ -12,20 +12,8 @@ import time
 
 import torch
 
-from tools.common import run_metadata, write_json
+from tools.common import run_metadata, smollm2_folder, write_json
 from vllm import LLM, SamplingParams
-
-
-def smollm2_shapes(root: str) -> str:
-    from transformers import LlamaConfig
-    path = os.path.join(root, "smollm2-shapes")
-    cfg = LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                      num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                      max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-                      tie_word_embeddings=True)
-    cfg.architectures = ["LlamaForCausalLM"]
-    cfg.save_pretrained(path)
-    return path
 
 
 def main():
@@ -36,7 +24,7 @@ def main():
     ap.add_argument("--spec", default=None, help="speculative_config JSON")
     ap.add_argument("--output", default=None)
     args = ap.parse_args()
-    model = args.model or smollm2_shapes(tempfile.mkdtemp())
+    model = args.model or smollm2_folder(tempfile.mkdtemp())
     kw = {"load_format": "dummy"} if args.model is None else {}
     import json
     spec = json.loads(args.spec) if args.spec else None

@@ -19,6 +19,40 @@ if has_triton():
     import triton.language as tl
 
     @triton.jit
+    def _kv_targets(t, slot_ptr, stage_idx_ptr, HAS_STAGING: tl.constexpr):
+        """Token t's cache slot and staging row, and whether each is written (-1: not)."""
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        if HAS_STAGING:
+            row = tl.load(stage_idx_ptr + t).to(tl.int64)
+        else:
+            row = slot * 0 - 1
+        return slot, slot >= 0, row, row >= 0
+
+    @triton.jit
+    def _store_kv_tile(k, v, slot, write_cache, row, write_stage, hd_ok, offs_h, offs_d,
+                       cache_ptr, staging_ptr,
+                       stride_c_kv, stride_c_blk, stride_c_off, stride_c_h, stride_c_d,
+                       stride_s_row, stride_s_kv, stride_s_h, stride_s_d,
+                       BLOCK_SIZE: tl.constexpr, HAS_STAGING: tl.constexpr):
+        """Stores one token's K and V tiles [H, D] into its cache slot and / or staging row
+        (shared by the plain write and the fused rotary + write kernel)."""
+        blk = tl.where(write_cache, slot, 0) // BLOCK_SIZE
+        off = tl.where(write_cache, slot, 0) % BLOCK_SIZE
+        c_off = (blk * stride_c_blk + off * stride_c_off + offs_h[:, None] * stride_c_h
+                 + offs_d[None, :] * stride_c_d)
+        c_ok = hd_ok & write_cache
+        tl.store(cache_ptr + c_off, k.to(cache_ptr.dtype.element_ty), mask=c_ok)
+        tl.store(cache_ptr + stride_c_kv + c_off, v.to(cache_ptr.dtype.element_ty), mask=c_ok)
+        if HAS_STAGING:
+            s_off = (tl.where(write_stage, row, 0) * stride_s_row + offs_h[:, None] * stride_s_h
+                     + offs_d[None, :] * stride_s_d)
+            s_ok = hd_ok & write_stage
+            tl.store(staging_ptr + s_off, k.to(staging_ptr.dtype.element_ty), mask=s_ok)
+            tl.store(staging_ptr + stride_s_kv + s_off, v.to(staging_ptr.dtype.element_ty),
+                     mask=s_ok)
+
+
+    @triton.jit
     def _write_kv_kernel(
         key_ptr, value_ptr, cache_ptr, slot_ptr, staging_ptr, stage_idx_ptr,
         stride_kt, stride_kh, stride_kd,
@@ -34,36 +68,19 @@ if has_triton():
         offs_d = tl.arange(0, BLOCK_D)
         hd_ok = (offs_h[:, None] < NUM_KV_HEADS) & (offs_d[None, :] < HEAD_DIM)
 
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        write_cache = slot >= 0
-        if HAS_STAGING:
-            row = tl.load(stage_idx_ptr + t).to(tl.int64)
-            write_stage = row >= 0
-        else:
-            row = slot * 0 - 1
-            write_stage = row >= 0
+        slot, write_cache, row, write_stage = _kv_targets(t, slot_ptr, stage_idx_ptr,
+                                                          HAS_STAGING)
         # Padded tokens (slot -1, stage -1) read and write nothing.
         ld_ok = hd_ok & (write_cache | write_stage)
         k = tl.load(key_ptr + t * stride_kt + offs_h[:, None] * stride_kh
                     + offs_d[None, :] * stride_kd, mask=ld_ok, other=0.0)
         v = tl.load(value_ptr + t * stride_vt + offs_h[:, None] * stride_vh
                     + offs_d[None, :] * stride_vd, mask=ld_ok, other=0.0)
-
-        blk = tl.where(write_cache, slot, 0) // BLOCK_SIZE
-        off = tl.where(write_cache, slot, 0) % BLOCK_SIZE
-        c_off = (blk * stride_c_blk + off * stride_c_off + offs_h[:, None] * stride_c_h
-                 + offs_d[None, :] * stride_c_d)
-        c_ok = hd_ok & write_cache
-        tl.store(cache_ptr + c_off, k.to(cache_ptr.dtype.element_ty), mask=c_ok)
-        tl.store(cache_ptr + stride_c_kv + c_off, v.to(cache_ptr.dtype.element_ty), mask=c_ok)
-
-        if HAS_STAGING:
-            s_off = (tl.where(write_stage, row, 0) * stride_s_row + offs_h[:, None] * stride_s_h
-                     + offs_d[None, :] * stride_s_d)
-            s_ok = hd_ok & write_stage
-            tl.store(staging_ptr + s_off, k.to(staging_ptr.dtype.element_ty), mask=s_ok)
-            tl.store(staging_ptr + stride_s_kv + s_off, v.to(staging_ptr.dtype.element_ty),
-                     mask=s_ok)
+        _store_kv_tile(k, v, slot, write_cache, row, write_stage, hd_ok, offs_h, offs_d,
+                       cache_ptr, staging_ptr,
+                       stride_c_kv, stride_c_blk, stride_c_off, stride_c_h, stride_c_d,
+                       stride_s_row, stride_s_kv, stride_s_h, stride_s_d,
+                       BLOCK_SIZE, HAS_STAGING)
 
 
 def write_kv(key: torch.Tensor, value: torch.Tensor, kv_cache_layer: torch.Tensor,

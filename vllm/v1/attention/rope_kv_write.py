@@ -25,13 +25,15 @@ from typing import Optional
 
 import torch
 
-from vllm.v1.attention.rotary_ref import rotary_embedding_ref
 from vllm.platform import has_triton, kernel_for, use_triton
+from vllm.v1.attention.rotary_ref import rotary_embedding_ref
 from vllm.v1.attention.kv_write import write_kv_ref
 
 if has_triton():
     import triton
     import triton.language as tl
+
+    from vllm.v1.attention.kv_write import _kv_targets, _store_kv_tile
 
     @triton.jit
     def _rope_tile(x, xp, cos, sin, offs_d, HALF: tl.constexpr, ROT: tl.constexpr):
@@ -89,32 +91,16 @@ if has_triton():
                        ROT).to(k_ptr.dtype.element_ty)
         tl.store(k_row + offs_d[None, :] * stride_kd, k, mask=hd_ok)
 
-        slot = tl.load(slot_ptr + t).to(tl.int64)
-        write_cache = slot >= 0
-        if HAS_STAGING:
-            row = tl.load(stage_idx_ptr + t).to(tl.int64)
-            write_stage = row >= 0
-        else:
-            row = slot * 0 - 1
-            write_stage = row >= 0
+        slot, write_cache, row, write_stage = _kv_targets(t, slot_ptr, stage_idx_ptr,
+                                                          HAS_STAGING)
         ld_ok = hd_ok & (write_cache | write_stage)
         v = tl.load(v_ptr + t * stride_vt + offs_h[:, None] * stride_vh
                     + offs_d[None, :] * stride_vd, mask=ld_ok, other=0.0)
-
-        blk = tl.where(write_cache, slot, 0) // BLOCK_SIZE
-        off = tl.where(write_cache, slot, 0) % BLOCK_SIZE
-        c_off = (blk * stride_c_blk + off * stride_c_off + offs_h[:, None] * stride_c_h
-                 + offs_d[None, :] * stride_c_d)
-        c_ok = hd_ok & write_cache
-        tl.store(cache_ptr + c_off, k.to(cache_ptr.dtype.element_ty), mask=c_ok)
-        tl.store(cache_ptr + stride_c_kv + c_off, v.to(cache_ptr.dtype.element_ty), mask=c_ok)
-        if HAS_STAGING:
-            s_off = (tl.where(write_stage, row, 0) * stride_s_row + offs_h[:, None] * stride_s_h
-                     + offs_d[None, :] * stride_s_d)
-            s_ok = hd_ok & write_stage
-            tl.store(staging_ptr + s_off, k.to(staging_ptr.dtype.element_ty), mask=s_ok)
-            tl.store(staging_ptr + stride_s_kv + s_off, v.to(staging_ptr.dtype.element_ty),
-                     mask=s_ok)
+        _store_kv_tile(k, v, slot, write_cache, row, write_stage, hd_ok, offs_h, offs_d,
+                       cache_ptr, staging_ptr,
+                       stride_c_kv, stride_c_blk, stride_c_off, stride_c_h, stride_c_d,
+                       stride_s_row, stride_s_kv, stride_s_h, stride_s_d,
+                       BLOCK_SIZE, HAS_STAGING)
 
 
 # Launch constants per (Hq, Hkv, D, rotary_dim, page, staged): computed once, not every call

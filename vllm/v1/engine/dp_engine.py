@@ -29,6 +29,7 @@ from vllm.logger import init_logger
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import SamplingParams
 from vllm.v1.engine import dp_stats
+from vllm.v1.engine.llm_engine import normalize_prompt
 from vllm.v1.metrics.stats import EngineStats
 
 logger = init_logger(__name__)
@@ -241,23 +242,8 @@ class DPEngine:
     def _normalize(self, prompt: Union[str, list[int], dict]) -> dict:
         """The same checks as LLMEngine.add_request, here so that bad input is refused at
         once (the replica gets token ids and never re-tokenizes)."""
-        text = None
-        if isinstance(prompt, dict):
-            ids = prompt.get("prompt_token_ids")
-            text = prompt.get("prompt")
-            prompt = ids if ids is not None else text
-        if isinstance(prompt, str):
-            text = prompt
-            ids = self.tokenize(prompt)
-        else:
-            ids = list(prompt)
-        if not ids:
-            raise ValueError("prompt is empty")
-        if any((not isinstance(t, int)) or t < 0 or t >= self.vocab_size for t in ids):
-            raise ValueError(f"prompt token ids must be ints in [0, {self.vocab_size})")
-        if len(ids) > self.max_model_len:
-            raise ValueError(f"prompt is {len(ids)} tokens, longer than max_model_len="
-                             f"{self.max_model_len}")
+        text, ids = normalize_prompt(prompt, self.tokenize, self.vocab_size,
+                                     self.max_model_len)
         return {"prompt_token_ids": ids, "prompt": text}
 
     def add_request(self, request_id: str, prompt: Union[str, list[int], dict],

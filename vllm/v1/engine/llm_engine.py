@@ -110,24 +110,8 @@ class LLMEngine:
                     params: SamplingParams) -> None:
         if not isinstance(params, SamplingParams):
             raise ValueError("sampling_params must be a SamplingParams")
-        text = None
-        if isinstance(prompt, dict):
-            ids = prompt.get("prompt_token_ids")
-            text = prompt.get("prompt")
-            prompt = ids if ids is not None else text
-        if isinstance(prompt, str):
-            text = prompt
-            ids = self.tokenize(prompt)
-        else:
-            ids = list(prompt)
-        if not ids:
-            raise ValueError("prompt is empty")
         vocab = self.config.model_config.vocab_size
-        if any((not isinstance(t, int)) or t < 0 or t >= vocab for t in ids):
-            raise ValueError(f"prompt token ids must be ints in [0, {vocab})")
-        if len(ids) > self.max_model_len:
-            raise ValueError(f"prompt is {len(ids)} tokens, longer than max_model_len="
-                             f"{self.max_model_len}")
+        text, ids = normalize_prompt(prompt, self.tokenize, vocab, self.max_model_len)
         check_params_for_model(params, vocab)
         if request_id in self.parents:
             raise ValueError(f"request_id {request_id!r} is already in use")
@@ -369,3 +353,27 @@ class LLMEngine:
 
 def _needs_host_history(so) -> bool:
     return any(r.params.has_penalties or r.params.logprobs is not None for r in so.reqs)
+
+
+def normalize_prompt(prompt: Union[str, list[int], dict], tokenize, vocab_size: int,
+                     max_model_len: int) -> tuple[Optional[str], list[int]]:
+    """A prompt (text, token ids, or {"prompt": ..., "prompt_token_ids": ...}) -> (text or None,
+    token ids), checked: not empty, ids inside the vocabulary, not longer than max_model_len."""
+    text = None
+    if isinstance(prompt, dict):
+        ids = prompt.get("prompt_token_ids")
+        text = prompt.get("prompt")
+        prompt = ids if ids is not None else text
+    if isinstance(prompt, str):
+        text = prompt
+        ids = tokenize(prompt)
+    else:
+        ids = list(prompt)
+    if not ids:
+        raise ValueError("prompt is empty")
+    if any((not isinstance(t, int)) or t < 0 or t >= vocab_size for t in ids):
+        raise ValueError(f"prompt token ids must be ints in [0, {vocab_size})")
+    if len(ids) > max_model_len:
+        raise ValueError(f"prompt is {len(ids)} tokens, longer than max_model_len="
+                         f"{max_model_len}")
+    return text, ids
