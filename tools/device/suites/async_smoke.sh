@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# what: asynchronous scheduling, early check without the GGUF: async cuda tests, decode sync vs async (SmolLM2 and Llama-3-8B shapes, dummy weights)
 # Early check of asynchronous scheduling on the GPU, no GGUF needed (one call, ~6 min):
 # the async cuda tests, then decode sync vs async on SmolLM2 shapes (dummy weights) and
 # Llama-3-8B shapes (dummy), with GPU busy fraction and kernels per step.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# what: the engine step (issue 12): decode sync vs async, graphs vs eager, GPU busy fraction; spec vs no-spec; host profile (real default model)
 # Issue "Decode at the hardware's pace" benchmark, one call (~8.5 min) on a warm H200 that has the
 # default model's GGUF halves (.gguf/smol.part00 carried by the previous call, .gguf/smol.part01
 # carried by this one; joined and checked here):

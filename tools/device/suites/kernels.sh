@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# what: kernels per decode step, fusion on/off, eager host cost per kernel wrapper, drafter CUDA graphs
 # Device suite "kernels" (issue 12, part: fewer kernels per step, eager path, drafter graphs).
 # One call, <= 5 min on one H200; each step time-boxed, partial results kept. Assumes an earlier
 # call of the same warm machine joined the default model's GGUF (tools/device_common.sh); without

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# what: NWOR latency resolved from CUDA events (off/stage interleaved) and the Nsight Systems attempt; PARTS=bw: ncu bandwidth test --quick
 # Device suite (one call, <= 9 min on one H200): the profiling items of issue 17.
 #   nwor  bench_nwor.py: NWOR stage/off latency on Llama-3-8B shapes (dummy weights, controlled
 #         acceptance 0.6), k=4, batch 32: CUDA-event GPU time per step, 30 steps a round,

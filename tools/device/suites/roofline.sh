@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# what: the prefill vs decode roofline (seed 003): measured peaks, ncu FLOPs and bytes per stage, plot
 # Device suite (one call, <= 9 min on one H200): the roofline of seed 003.
 #   1. measure_peaks.py: copy bandwidth and bf16/fp16 matmul rate (the measured roof)
 #   2. run_ncu.sh + analyze_results.sh: GPT-2-medium shapes, P=512, batch 1, float16, all three

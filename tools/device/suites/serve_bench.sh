@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# what: vllm bench serve against vllm serve (default model): 1/16/128/512 clients, with and without n-gram speculation
 # Device suite: `vllm bench serve` against `vllm serve` with the default model (SmolLM2-135M,
 # its GGUF joined by an earlier call on the same warm machine, see tools/device_common.sh):
 # 1 / 16 / 128 / 512 concurrent clients, without and with n-gram speculation (k=4); the run at

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# what: several GPUs (kind nvidia-h200-x2): all-reduce cost, TP=2 vs TP=1, DP=2 vs DP=1, NWOR microbench at TP=1/2
 # Device suite for several GPUs (issue 18), kind nvidia-h200-x2. Two parts, each one call of
 # at most ~8.5 min; every step is time-boxed and partial results are kept.
 #   core: all-reduce cost per layer (NCCL eager / in CUDA graphs / P2P one-shot), TP=2 vs TP=1
