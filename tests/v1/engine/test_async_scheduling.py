@@ -216,3 +216,15 @@ def test_async_steady_state_makes_no_synchronizing_cuda_call(enforce_eager):
     while eng.has_unfinished_requests():
         done += eng.step()
     assert len(done) == 24 and all(len(o.outputs[0].token_ids) == 40 for o in done)
+
+
+def test_speculative_engines_fall_back_to_synchronous_steps():
+    """With a proposer, async scheduling is refused (the engine logs why, once) and the output
+    is the synchronous one, which equals no-spec greedy output."""
+    prompts = _prompts(4, 8, 20, seed=9)
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    ref = _gen(_llm(False), prompts, params)
+    spec = {"method": "ngram", "num_speculative_tokens": 3}
+    llm = _llm(True, speculative_config=spec)
+    assert not llm.llm_engine.async_scheduling
+    assert _gen(llm, prompts, params) == ref
