@@ -1,7 +1,6 @@
 """tools/profiling/nsys_scv.py with fake nsys / QdstrmImporter binaries: every attempt and its
 failure is recorded; a report, once made, is summarised by its scv_compute_mask row."""
 import json
-import os
 
 from tools.profiling import nsys_scv
 

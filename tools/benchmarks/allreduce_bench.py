@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import sys
 import time
 import traceback
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
 import random
 import statistics
 import sys

@@ -28,7 +28,6 @@ import json
 import os
 import pstats
 import statistics
-import sys
 import tempfile
 import time
 import warnings

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
 import pstats
 import tempfile
 import time
