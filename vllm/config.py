@@ -112,7 +112,10 @@ class ParallelConfig:
 
 _SPEC_METHODS = ("ngram", "draft_model", "eagle")
 _SPEC_KEYS = {"method", "model", "num_speculative_tokens", "prompt_lookup_min",
-              "prompt_lookup_max", "draft_tensor_parallel_size", "acceptance_rate"}
+              "prompt_lookup_max", "draft_tensor_parallel_size", "acceptance_rate",
+              "confidence_threshold"}
+# Drafters whose drafts come with a probability (confidence early exit applies to them).
+_CONFIDENCE_METHODS = ("draft_model", "eagle")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ class SpeculativeConfig:
     # Benchmarks on dummy weights only: accept each draft with this probability instead of
     # verifying (clearly labelled "controlled acceptance" wherever it is used). None = real.
     acceptance_rate: Optional[float] = None
+    # Stop drafting a request once its draft's top-1 probability falls below this (0 = never).
+    confidence_threshold: float = 0.0
 
     @staticmethod
     def from_user(cfg: Any, target_model: str) -> Optional["SpeculativeConfig"]:
@@ -182,10 +187,21 @@ class SpeculativeConfig:
         rate = cfg.get("acceptance_rate")
         if rate is not None and (not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0):
             raise ValueError(f"speculative_config.acceptance_rate must be in [0, 1], got {rate!r}")
+        thr = cfg.get("confidence_threshold")
+        if thr is None:
+            thr = envs.get("VLLM_DRAFT_CONFIDENCE_THRESHOLD")
+        if isinstance(thr, bool) or not isinstance(thr, (int, float)) or not 0.0 <= thr <= 1.0:
+            raise ValueError("speculative_config.confidence_threshold must be in [0, 1], got "
+                             f"{thr!r}")
+        if thr > 0 and method not in _CONFIDENCE_METHODS:
+            raise ValueError(f"speculative_config.confidence_threshold={thr} needs a drafter "
+                             f"with probabilities {_CONFIDENCE_METHODS}; method {method!r} "
+                             "has none")
         return SpeculativeConfig(method=method, num_speculative_tokens=k, model=model,
                                  prompt_lookup_min=lo, prompt_lookup_max=hi,
                                  draft_tensor_parallel_size=dtp,
-                                 acceptance_rate=None if rate is None else float(rate))
+                                 acceptance_rate=None if rate is None else float(rate),
+                                 confidence_threshold=float(thr))
 
 
 @dataclass(frozen=True)

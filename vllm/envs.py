@@ -86,10 +86,9 @@ _register("VLLM_CPU_KVCACHE_SPACE", 1.0, _float("VLLM_CPU_KVCACHE_SPACE"),
 _register("VLLM_LOGGING_LEVEL", "INFO", _str, "Log level of the 'vllm' logger.")
 _register("VLLM_LOG_STATS_INTERVAL", 10.0, _float("VLLM_LOG_STATS_INTERVAL"),
           "Seconds between periodic stats log lines (spec-decode acceptance, throughput).")
-_register("VLLM_ADAPTIVE_DRAFT", False, _bool("VLLM_ADAPTIVE_DRAFT"),
-          "Adapt the number of speculative tokens per request to its recent acceptance.")
 _register("VLLM_DRAFT_CONFIDENCE_THRESHOLD", 0.0, _float("VLLM_DRAFT_CONFIDENCE_THRESHOLD"),
-          "Stop drafting once the draft's top probability falls below this (0 = never).")
+          "Default of speculative_config's confidence_threshold: a model drafter stops drafting a "
+          "request once its draft's top probability falls below this (0 = never).")
 _register("VLLM_TRITON_DISABLE", False, _bool("VLLM_TRITON_DISABLE"),
           "Use the torch reference paths even on a GPU (debugging).")
 _register("VLLM_DISABLE_KERNEL_FUSION", False, _bool("VLLM_DISABLE_KERNEL_FUSION"),

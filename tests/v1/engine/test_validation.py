@@ -19,6 +19,10 @@ from vllm import LLM, SamplingParams
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2, "foo": 1}},
      "unknown keys"),
     ({"speculative_config": {"method": "draft_model", "num_speculative_tokens": 2}}, "model"),
+    ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2,
+                             "confidence_threshold": 0.5}}, "'draft_model', 'eagle'"),
+    ({"speculative_config": {"method": "draft_model", "model": "x", "num_speculative_tokens": 2,
+                             "confidence_threshold": 1.5}}, "confidence_threshold"),
     ({"nwor_mode": "sometimes"}, "nwor_mode"),
     ({"scv_mode": "fast"}, "scv_mode"),
     ({"bogus_arg": 1}, "bogus_arg"),
@@ -57,3 +61,21 @@ def test_max_model_len_stops_generation():
                                                                       ignore_eos=True),
                        use_tqdm=False)[0].outputs[0]
     assert out.finish_reason == "length" and len(out.token_ids) == 5
+
+
+def test_confidence_threshold_one_drafts_nothing_and_equals_no_spec():
+    """A threshold of 1.0 stops every draft (no draft reaches probability 1 on a random model),
+    so the engine verifies nothing and the output equals no speculation; 0 drafts all k."""
+    path = tiny_model("llama")
+    prompts = [{"prompt_token_ids": [5 + i, 9, 11, 7 + i, 3]} for i in range(3)]
+    sp = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    ref = [o.outputs[0].token_ids for o in
+           LLM(path, enforce_eager=True, block_size=8).generate(prompts, sp, use_tqdm=False)]
+    for thr, drafts in ((1.0, "none"), (0.0, "all")):
+        llm = LLM(path, enforce_eager=True, block_size=8, speculative_config={
+            "method": "draft_model", "model": path, "num_speculative_tokens": 3,
+            "confidence_threshold": thr})
+        out = [o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
+        assert out == ref
+        n = llm.get_metrics_dict().get("vllm:spec_decode_num_draft_tokens", 0)
+        assert (n == 0) if drafts == "none" else (n > 0), (thr, n)

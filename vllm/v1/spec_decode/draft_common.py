@@ -201,7 +201,7 @@ class PagedDrafter(Proposer):
         self.config = ctx.config
         self.k = ctx.config.speculative_config.num_speculative_tokens
         self.device, self.dtype, self.block_size = ctx.device, ctx.dtype, ctx.block_size
-        self.threshold = envs.get("VLLM_DRAFT_CONFIDENCE_THRESHOLD")
+        self.threshold = ctx.config.speculative_config.confidence_threshold
         self.computed: dict[str, int] = {}      # req -> tokens whose K/V the drafter has
         self.preemptions: dict[str, int] = {}   # req -> preemptions seen at its last call
         self.kv_cache: Optional[torch.Tensor] = None
