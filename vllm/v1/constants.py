@@ -5,3 +5,7 @@ PLACEHOLDER_TOKEN_ID = -1
 
 # A slot / staging row / commit slot that means "do not write" (padding, not staged, rejected).
 PADDING_SLOT_ID = -1
+
+# A scheduled input token the host does not know yet: sampled by the step still running on the
+# device (asynchronous scheduling). The runner fills it in from that step's output, on the device.
+UNKNOWN_TOKEN_ID = -1

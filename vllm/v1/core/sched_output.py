@@ -7,15 +7,12 @@ from typing import Optional
 
 from vllm.sampling_params import SamplingParams
 
-# A token id the host does not know yet: sampled by the step still running on the device
-# (asynchronous scheduling). The runner fills it in from that step's output, on the device.
-UNKNOWN_TOKEN_ID = -1
-
 
 @dataclass
 class ScheduledReq:
     req_id: str
-    token_ids: list[int]        # tokens computed this step: the non-draft part, then drafts
+    token_ids: list[int]        # tokens computed this step: the non-draft part (UNKNOWN_TOKEN_ID
+                                # where the previous step is still sampling it), then drafts
     num_spec: int               # drafts at the end of token_ids (0 = plain step)
     start_pos: int              # position of token_ids[0] = tokens already in the KV cache
     block_ids: list[int]        # the request's whole block table

@@ -9,8 +9,8 @@ from typing import Iterable
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
 from vllm.v1.core.kv_cache_manager import KVCacheManager
-from vllm.v1.core.sched_output import (UNKNOWN_TOKEN_ID, RunnerOutput, ScheduledReq,
-                                      SchedulerOutput)
+from vllm.v1.constants import UNKNOWN_TOKEN_ID
+from vllm.v1.core.sched_output import RunnerOutput, ScheduledReq, SchedulerOutput
 from vllm.v1.request import Request, RequestStatus
 
 logger = init_logger(__name__)
