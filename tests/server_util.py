@@ -107,6 +107,19 @@ class Server:
         return r.text
 
 
+def served(server: "Server", no_traceback: bool = True):
+    """The body of a module-scoped server fixture: yields the server once it is ready, then
+    stops it and asserts a clean exit (and, by default, no traceback in its log)."""
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        code = server.stop()
+    assert code == 0, server.log()
+    if no_traceback:
+        assert "Traceback" not in server.log(), server.log()
+
+
 def metric(text: str, name: str, **labels) -> float:
     """Sum of the samples called ``name`` whose labels include ``labels``."""
     total, found = 0.0, False

@@ -52,6 +52,15 @@ def nonempty(t: torch.Tensor) -> torch.Tensor:
     return t if t.numel() > 0 else torch.zeros(1, dtype=t.dtype, device=t.device)
 
 
+def to_device_async(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device``. On CUDA through pinned memory with non_blocking, so
+    the copy is queued on the stream instead of blocking the host until the GPU is idle (a
+    plain ``torch.tensor(..., device="cuda")`` or ``.to("cuda")`` would)."""
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

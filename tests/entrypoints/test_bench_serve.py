@@ -10,18 +10,13 @@ import sys
 import pytest
 
 from models_util import tiny_model
-from server_util import REPO, Server
+from server_util import REPO, Server, served
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     s = Server(tiny_model("llama"), [], {}, str(tmp_path_factory.mktemp("bench") / "srv.log"))
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        code = s.stop()
-    assert code == 0, s.log()
+    yield from served(s, no_traceback=False)
 
 
 def bench(server: Server, tmp_path, *args: str) -> dict:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models_util import tiny_model
-from server_util import MODEL, Server, metric
+from server_util import MODEL, Server, metric, served
 
 TIME_BUDGET_S = 25.0
 FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "n", "best_of",
@@ -71,13 +71,7 @@ def server(tmp_path_factory):
     s = Server(tiny_model("llama"), ["--trust-request-chat-template",
                                      "--chat-template-timeout", "1"],
                {}, str(tmp_path_factory.mktemp("fuzz") / "server.log"))
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        code = s.stop()
-    assert code == 0, s.log()
-    assert "Traceback" not in s.log(), s.log()
+    yield from served(s)
 
 
 def test_random_json_never_5xx(server):

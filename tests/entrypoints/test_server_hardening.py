@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from models_util import tiny_model
-from server_util import MAX_MODEL_LEN, MODEL, Server, check_error, metric
+from server_util import MAX_MODEL_LEN, MODEL, Server, check_error, metric, served
 
 KEY = "sk-hardening"
 BODY_LIMIT = 1_000_000
@@ -32,13 +32,7 @@ def server(tmp_path_factory):
                 "--http-read-timeout", "2", "--trust-request-chat-template",
                 "--chat-template-timeout", "1", "--enable-log-requests", "--max-log-len", "50"],
                {}, str(tmp_path_factory.mktemp("hardening") / "server.log"), api_key=KEY)
-    try:
-        s.wait_ready()
-        yield s
-    finally:
-        code = s.stop()
-    assert code == 0, s.log()
-    assert "Traceback" not in s.log(), s.log()
+    yield from served(s)
 
 
 @contextlib.contextmanager

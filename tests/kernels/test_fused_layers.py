@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gpu_util import capture_graph
 from vllm.model_executor.layers.fused_act import silu_and_mul, silu_and_mul_ref
 from vllm.model_executor.layers.fused_norm import rms_norm, rms_norm_ref
 from vllm.model_executor.layers.fused_rotary import rotary_embedding, rotary_embedding_ref
@@ -250,14 +251,7 @@ def test_cuda_graph_capture_replay():
         rq, rk = rotary_embedding(pos, q, k, cs, d)
         return out, res, rq, rk, silu_and_mul(gu)
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()  # compile / warm up outside the capture
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        outs = step()
+    graph, outs = capture_graph(step)   # compiled / warmed up outside the capture
     # New inputs in the same buffers; replay must follow them.
     x.copy_(torch.randn_like(x))
     r.copy_(torch.randn_like(r))

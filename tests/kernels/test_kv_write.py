@@ -4,6 +4,7 @@ that are -1 must stay untouched."""
 import pytest
 import torch
 
+from gpu_util import capture_graph
 from vllm.v1.attention.kv_write import write_kv, write_kv_ref
 from vllm.v1.constants import PADDING_SLOT_ID
 
@@ -132,14 +133,7 @@ def test_cuda_graph_capture_replay():
     def step():
         write_kv(key, value, cache[0], slots, staging[0], stage)
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture_graph(step)
     for seed in range(3):
         k2, v2, c2, sl2, st2, si2 = make_inputs(40, 3, 64, 16, 20, 5 + seed, 10 - seed, 16,
                                                 device="cuda", seed=seed + 10)

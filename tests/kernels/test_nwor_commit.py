@@ -3,6 +3,7 @@ CUDA) vs the reference. Rejected / unused rows (-1) must never touch the cache (
 import pytest
 import torch
 
+from gpu_util import capture_graph
 from vllm.v1.constants import PADDING_SLOT_ID
 from vllm.v1.spec_decode.nwor_commit import commit_staged_kv, commit_staged_kv_ref
 
@@ -89,14 +90,7 @@ def test_cuda_matches_ref(dtype):
 @cuda
 def test_cuda_graph_capture_replay():
     staging, cache, slots = make_inputs(4, 16, 3, 64, 16, 10, 5, device="cuda")
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        commit_staged_kv(staging, cache, slots)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        commit_staged_kv(staging, cache, slots)
+    graph, _ = capture_graph(lambda: commit_staged_kv(staging, cache, slots))
     for seed in range(3):
         st2, c2, sl2 = make_inputs(4, 16, 3, 64, 16, 10, 3 * seed, device="cuda", seed=seed + 5)
         staging.copy_(st2), cache.copy_(c2), slots.copy_(sl2)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from gpu_util import capture_graph
 from vllm.v1.attention.kv_write import write_kv
 from vllm.v1.attention.paged_attention import paged_attention, paged_attention_ref
 
@@ -218,15 +219,7 @@ def test_cuda_graph_capture_replay(dtype, num_splits):
         write_kv(static["k_new"], static["v_new"], static["kv_cache_layer"], slots)
         paged_attention(**static, out=out, num_splits=num_splits)
 
-    # Warm up (Triton compiles) on a side stream, then capture.
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture_graph(step)
 
     g = torch.Generator(device="cuda").manual_seed(3)
     for q_lens, ctx in [([1, 5, 2, 1, 4], [0, 100, 7, 150, 33]), ([20], [180]),

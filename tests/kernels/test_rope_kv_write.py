@@ -6,6 +6,7 @@ written stays the sentinel."""
 import pytest
 import torch
 
+from gpu_util import capture_graph
 from vllm.model_executor.layers.fused_rotary import rotary_embedding_ref
 from vllm.v1.attention.kv_write import write_kv_ref
 from vllm.v1.constants import PADDING_SLOT_ID
@@ -176,14 +177,7 @@ def test_cuda_llama8b_shapes_and_graph_replay():
     def step():
         rope_write_kv(pos, q, k, v, cs, d, cache[0], slots, staging[0], stage)
 
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        step()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    graph, _ = capture_graph(step)
     qkv.copy_(fresh)
     pos.copy_(torch.randint(0, 100, (T,), device="cuda"))
     cache.fill_(SENTINEL)

@@ -29,7 +29,7 @@ from vllm.logger import init_logger
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.sampling_params import SamplingParams
 from vllm.v1.engine import dp_stats
-from vllm.v1.engine.llm_engine import normalize_prompt
+from vllm.v1.engine.llm_engine import normalize_prompt, resolve_eos_token_id, tokenize_with
 from vllm.v1.metrics.stats import EngineStats
 
 logger = init_logger(__name__)
@@ -179,7 +179,7 @@ class DPEngine:
         n, tp = pc.data_parallel_size, pc.tensor_parallel_size
         self.max_model_len = self.config.scheduler_config.max_model_len
         self.vocab_size = self.config.model_config.vocab_size
-        self.eos_token_id = self._eos_id()
+        self.eos_token_id = resolve_eos_token_id(self.config, self.tokenizer)
         self.stats = EngineStats(model_name=self.config.model_config.served_model_name)
         self.stats.engine_id = "all"
         self._owner: dict[str, _Replica] = {}
@@ -225,19 +225,9 @@ class DPEngine:
             if not r.proc.is_alive() and not r.conn.poll(0):
                 return "error", f"exited with code {r.proc.exitcode}"
 
-    def _eos_id(self) -> Optional[int]:
-        eos = getattr(self.config.model_config.hf_config, "eos_token_id", None)
-        if isinstance(eos, list):
-            eos = eos[0] if eos else None
-        if eos is None and self.tokenizer is not None:
-            eos = self.tokenizer.eos_token_id
-        return eos
-
     # ------------------------------------------------------------------ requests
     def tokenize(self, prompt: str) -> list[int]:
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer: pass token ids as the prompt")
-        return self.tokenizer.encode(prompt)
+        return tokenize_with(self.tokenizer, prompt)
 
     def _normalize(self, prompt: Union[str, list[int], dict]) -> dict:
         """The same checks as LLMEngine.add_request, here so that bad input is refused at

@@ -50,7 +50,7 @@ class LLMEngine:
         num_blocks = self.executor.determine_num_blocks()
         self.executor.initialize_kv_cache(num_blocks)
         self.scheduler = Scheduler(config, num_blocks)
-        self.eos_token_id = self._eos_id()
+        self.eos_token_id = resolve_eos_token_id(config, tokenizer)
         self.max_model_len = config.scheduler_config.max_model_len
         self.stats = EngineStats(model_name=config.model_config.served_model_name,
                                  num_kv_blocks=num_blocks)
@@ -91,20 +91,9 @@ class LLMEngine:
         config, tok = args.create_config()
         return cls(config, tok)
 
-    def _eos_id(self) -> Optional[int]:
-        hf = self.config.model_config.hf_config
-        eos = getattr(hf, "eos_token_id", None)
-        if isinstance(eos, list):
-            eos = eos[0] if eos else None
-        if eos is None and self.tokenizer is not None:
-            eos = self.tokenizer.eos_token_id
-        return eos
-
     # ------------------------------------------------------------------ requests
     def tokenize(self, prompt: str) -> list[int]:
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer: pass token ids as the prompt")
-        return self.tokenizer.encode(prompt)
+        return tokenize_with(self.tokenizer, prompt)
 
     def add_request(self, request_id: str, prompt: Union[str, list[int], dict],
                     params: SamplingParams) -> None:
@@ -193,10 +182,8 @@ class LLMEngine:
         Asynchronous scheduling: this step is scheduled and launched before the previous
         step's tokens are applied, so the host's scheduling, input preparation, detokenization
         and output processing overlap the GPU's work; outputs come one step later."""
-        if not self.async_scheduling:
-            return self._step_sync(stream)
         try:
-            outs = self._step_async(stream)
+            outs = (self._step_async if self.async_scheduling else self._step_sync)(stream)
         except BaseException:
             self._drop_inflight()
             raise
@@ -223,7 +210,8 @@ class LLMEngine:
         return outs
 
     def _drop_inflight(self) -> None:
-        """A failed step: forget the launched steps whose tokens the host never applied. Every
+        """A failed step (either mode): forget the launched steps whose tokens the host never
+        applied. Every
         request is left as if those steps had not been scheduled at all except for its KV
         progress, which the caller's recovery (``fail_step_requests``) rewinds."""
         self._inflight = None
@@ -243,11 +231,7 @@ class LLMEngine:
         touched = sched.update_from_output(so, ro)
         if self.config.speculative_config is not None:
             self._draft()
-        self.stats.num_steps += 1
-        outs = self._process(touched, stream)
-        self._refresh_gauges()
-        self._maybe_log()
-        return outs
+        return self._process(touched, stream)
 
     def _draft(self) -> None:
         reqs = []
@@ -255,8 +239,7 @@ class LLMEngine:
             p = r.sampling_params
             if r.num_computed_tokens != r.num_tokens - 1:
                 continue    # still prefilling
-            if (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
-                    or r.num_output_tokens < p.min_tokens):
+            if p.has_penalties or r.num_output_tokens < p.min_tokens:
                 continue    # penalties / min_tokens change the target distribution per step
             reqs.append(ProposeReq(r.request_id, r.all_token_ids, r.num_computed_tokens,
                                    r.block_ids, r.num_preemptions))
@@ -353,6 +336,22 @@ class LLMEngine:
 
 def _needs_host_history(so) -> bool:
     return any(r.params.has_penalties or r.params.logprobs is not None for r in so.reqs)
+
+
+def resolve_eos_token_id(config: VllmConfig, tokenizer) -> Optional[int]:
+    """The model config's EOS id (the first, when it lists several), else the tokenizer's."""
+    eos = getattr(config.model_config.hf_config, "eos_token_id", None)
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    if eos is None and tokenizer is not None:
+        eos = tokenizer.eos_token_id
+    return eos
+
+
+def tokenize_with(tokenizer, prompt: str) -> list[int]:
+    if tokenizer is None:
+        raise ValueError("this model has no tokenizer: pass token ids as the prompt")
+    return tokenizer.encode(prompt)
 
 
 def normalize_prompt(prompt: Union[str, list[int], dict], tokenize, vocab_size: int,

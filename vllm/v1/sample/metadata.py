@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from vllm.platform import to_device_async
 from vllm.sampling_params import _SAMPLING_EPS, SamplingParams
 
 
@@ -79,7 +80,7 @@ class SamplingMetadata:
             for i, r in enumerate(rows):
                 if r:
                     host[i, :len(r)] = torch.as_tensor(r, dtype=torch.int64)
-            self._padded[key] = _to_device(host, self.device)
+            self._padded[key] = to_device_async(host, self.device)
         return self._padded[key]
 
     @staticmethod
@@ -111,8 +112,8 @@ class SamplingMetadata:
                   [p.frequency_penalty for p in params_list],
                   [p.repetition_penalty for p in params_list]]
         # One host tensor, one H2D copy for all six float fields.
-        packed = _to_device(torch.tensor(floats, dtype=torch.float32).reshape(6, n), device)
-        top_k = _to_device(torch.tensor([p.top_k for p in params_list], dtype=torch.int64), device)
+        packed = to_device_async(torch.tensor(floats, dtype=torch.float32).reshape(6, n), device)
+        top_k = to_device_async(torch.tensor([p.top_k for p in params_list], dtype=torch.int64), device)
 
         greedy = [p.is_greedy for p in params_list]
         random_rows = [not g for g in greedy]
@@ -130,9 +131,3 @@ class SamplingMetadata:
             generators=generators, output_token_ids=output_ids, prompt_token_ids=prompt_ids,
             max_num_logprobs=max(logprobs) if logprobs else None, device=device)
 
-
-def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda":
-        # Pinned + non_blocking: the copy is queued on the stream instead of blocking the host.
-        return host.pin_memory().to(device, non_blocking=True)
-    return host.to(device)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from vllm.platform import has_triton, kernel_enabled, nvtx_range
+from vllm.platform import has_triton, kernel_enabled, nvtx_range, to_device_async
 from vllm.v1.constants import PLACEHOLDER_TOKEN_ID
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.sampler import compute_probs, exponential_noise, race
@@ -193,10 +193,7 @@ class RejectionSampler(nn.Module):
         draft_rows = torch.arange(num_draft, dtype=torch.int64) + draft_req    # [T] logits row
         bonus_rows = cu_host + req_ids                                         # [R] logits row
         packed = torch.cat([cu_host, draft_req, draft_rows, bonus_rows])
-        if device.type == "cuda":
-            packed = packed.pin_memory().to(device, non_blocking=True)
-        else:
-            packed = packed.to(device)
+        packed = to_device_async(packed, device)
         cu, draft_req_d, draft_rows_d, bonus_rows_d = packed.split(
             [num_reqs, num_draft, num_draft, num_reqs])
 

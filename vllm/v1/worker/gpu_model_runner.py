@@ -14,7 +14,7 @@ from vllm.config import VllmConfig
 from vllm.forward_context import ForwardContext, set_forward_context
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.loader import load_model
-from vllm.platform import nvtx_range
+from vllm.platform import nvtx_range, to_device_async
 from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
 from vllm.v1.core.sched_output import RunnerOutput, SchedulerOutput
 from vllm.v1.sample.metadata import SamplingMetadata
@@ -178,7 +178,7 @@ class GPUModelRunner:
             plain_reqs = [reqs[i] for i in plain]
             rows = [inp.req_first_row[i] for i in plain]
             plain_logits = logits if len(rows) == logits.shape[0] else \
-                logits.index_select(0, self._to_device_i64(rows))
+                logits.index_select(0, to_device_async(torch.tensor(rows), self.device))
             if all(_plain_greedy(r) for r in plain_reqs):
                 plain_tokens = plain_logits.argmax(dim=-1)   # no metadata to build or copy
             else:
@@ -222,12 +222,6 @@ class GPUModelRunner:
         return PendingOutput(self, so, inp, logits, plain, plain_tokens, host_tokens, done,
                              spec_out, plan)
 
-    def _to_device_i64(self, values) -> torch.Tensor:
-        t = torch.as_tensor(values, dtype=torch.int64)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t
-
     def _fill_unknown_tokens(self, reqs, inp) -> None:
         """input_ids rows whose token the host does not know yet <- the previous launch's
         sampled tokens, gathered on the device (no host round trip)."""
@@ -243,7 +237,8 @@ class GPUModelRunner:
             # The common decode step: the same requests in the same order, one token each.
             self.buffers.input_ids[:n].copy_(self._last_tokens)
             return
-        idx = self._to_device_i64(np.stack([dst, np.asarray(src, dtype=np.int64)]))
+        idx = to_device_async(torch.from_numpy(np.stack([dst, np.asarray(src, dtype=np.int64)])),
+                              self.device)
         self.buffers.input_ids.index_copy_(0, idx[0], self._last_tokens.index_select(0, idx[1]))
 
     def _finish(self, p: "PendingOutput") -> RunnerOutput:

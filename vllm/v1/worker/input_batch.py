@@ -157,7 +157,7 @@ class InputBuffers:
 
         h2d.add(self.input_ids[:Tp], padded(ids, 0))
         h2d.add(self.positions[:Tp], padded(positions, 0))
-        h2d.add(self.slot_mapping[:Tp], padded(slots.astype(np.int64), PADDING_SLOT_ID))
+        h2d.add(self.slot_mapping[:Tp], padded(slots, PADDING_SLOT_ID))
         h2d.add(self.token_req_idx[:Tp], padded(req_of_tok, -1))
         stage_t = None
         if stage is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from vllm.platform import to_device_async
 from vllm.v1.core.sched_output import ScheduledReq
 
 
@@ -21,9 +22,7 @@ def mask_min_tokens(logits: torch.Tensor, reqs: list[ScheduledReq]) -> None:
             cols.extend(ids)
     if not rows:
         return
-    idx = torch.tensor([rows, cols], dtype=torch.int64)
-    if logits.device.type == "cuda":
-        idx = idx.pin_memory().to(logits.device, non_blocking=True)
+    idx = to_device_async(torch.tensor([rows, cols], dtype=torch.int64), logits.device)
     logits.index_put_((idx[0], idx[1]), logits.new_full((), float("-inf")))
 
 
