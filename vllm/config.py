@@ -113,7 +113,7 @@ class ParallelConfig:
 _SPEC_METHODS = ("ngram", "draft_model", "eagle")
 _SPEC_KEYS = {"method", "model", "num_speculative_tokens", "prompt_lookup_min",
               "prompt_lookup_max", "draft_tensor_parallel_size", "acceptance_rate",
-              "confidence_threshold"}
+              "confidence_threshold", "adaptive_draft_length"}
 # Drafters whose drafts come with a probability (confidence early exit applies to them).
 _CONFIDENCE_METHODS = ("draft_model", "eagle")
 
@@ -131,6 +131,9 @@ class SpeculativeConfig:
     acceptance_rate: Optional[float] = None
     # Stop drafting a request once its draft's top-1 probability falls below this (0 = never).
     confidence_threshold: float = 0.0
+    # Choose each step's number of drafts (0..num_speculative_tokens, 0 = do not speculate)
+    # from per-request acceptance and the measured step cost (vllm/v1/spec_decode/adaptive.py).
+    adaptive_draft_length: bool = False
 
     @staticmethod
     def from_user(cfg: Any, target_model: str) -> Optional["SpeculativeConfig"]:
@@ -197,11 +200,18 @@ class SpeculativeConfig:
             raise ValueError(f"speculative_config.confidence_threshold={thr} needs a drafter "
                              f"with probabilities {_CONFIDENCE_METHODS}; method {method!r} "
                              "has none")
+        adaptive = cfg.get("adaptive_draft_length")
+        if adaptive is None:
+            adaptive = envs.get("VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH")
+        if not isinstance(adaptive, bool):
+            raise ValueError("speculative_config.adaptive_draft_length must be true or false, "
+                             f"got {adaptive!r}")
         return SpeculativeConfig(method=method, num_speculative_tokens=k, model=model,
                                  prompt_lookup_min=lo, prompt_lookup_max=hi,
                                  draft_tensor_parallel_size=dtp,
                                  acceptance_rate=None if rate is None else float(rate),
-                                 confidence_threshold=float(thr))
+                                 confidence_threshold=float(thr),
+                                 adaptive_draft_length=adaptive)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ _register("VLLM_LOG_STATS_INTERVAL", 10.0, _float("VLLM_LOG_STATS_INTERVAL"),
 _register("VLLM_DRAFT_CONFIDENCE_THRESHOLD", 0.0, _float("VLLM_DRAFT_CONFIDENCE_THRESHOLD"),
           "Default of speculative_config's confidence_threshold: a model drafter stops drafting a "
           "request once its draft's top probability falls below this (0 = never).")
+_register("VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH", False, _bool("VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH"),
+          "Default of speculative_config's adaptive_draft_length: pick each step's number of "
+          "drafts (0 = no speculation) from measured acceptance and step cost.")
 _register("VLLM_TRITON_DISABLE", False, _bool("VLLM_TRITON_DISABLE"),
           "Use the torch reference paths even on a GPU (debugging).")
 _register("VLLM_DISABLE_KERNEL_FUSION", False, _bool("VLLM_DISABLE_KERNEL_FUSION"),

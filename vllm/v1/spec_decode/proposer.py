@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
@@ -17,6 +17,7 @@ class ProposeReq:
     num_computed: int           # target tokens whose K/V are in the cache (verified)
     block_ids: list[int]        # the request's block table (draft KV shares the layout)
     num_preemptions: int = 0    # a change means the request's blocks were reallocated
+    max_drafts: Optional[int] = None  # at most this many drafts (adaptive length); None = k
 
 
 class TargetModel(Protocol):
