@@ -32,6 +32,10 @@ class UniProcExecutor:
     def propose(self, reqs):
         return self.driver_runner.propose(reqs)
 
+    def calibrate_verify_cost(self, max_tokens: int):
+        """{tokens: seconds} of the target forward (adaptive draft length's cost model)."""
+        return self.driver_runner.calibrate_verify_cost(max_tokens)
+
     def spec_decode_counters(self):
         """Live speculative-decoding counters (SpecDecodeCounters), or None when it is off."""
         return self.driver_runner.spec_decode_counters()

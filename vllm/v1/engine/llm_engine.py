@@ -19,6 +19,7 @@ from vllm.v1.engine.executor import make_executor
 from vllm.v1.engine.fault_isolation import check_params_for_model, request_fault
 from vllm.v1.metrics.stats import EngineStats
 from vllm.v1.request import Request, RequestStatus
+from vllm.v1.spec_decode.adaptive import AdaptiveDraftController
 from vllm.v1.spec_decode.proposer import ProposeReq
 
 logger = init_logger(__name__)
@@ -65,6 +66,12 @@ class LLMEngine:
         self._child_to_parent: dict[str, str] = {}
         self._last_log = time.monotonic()
         self._log_interval = envs.get("VLLM_LOG_STATS_INTERVAL")
+        self.adaptive = self._make_adaptive()
+        self._offered: dict[str, int] = {}     # per request: drafts offered for the next step
+        self._caps: Optional[dict[str, int]] = None   # decided ahead of _draft (async mode)
+        # The step being timed for the controller: [speculative, batch, tokens, start, draft
+        # seconds, usable]; its period ends when the next step starts.
+        self._timing: Optional[list] = None
         self.async_scheduling = self._resolve_async()
         # (scheduler output, pending runner output) of the step launched but not yet applied.
         self._inflight: Optional[tuple] = None
@@ -74,17 +81,37 @@ class LLMEngine:
         if not cfg.scheduler_config.async_scheduling:
             return False
         why = None
-        if cfg.speculative_config is not None:
-            why = ("speculative decoding: the proposer drafts from the previous step's tokens "
-                   "on the host")
+        if cfg.speculative_config is not None and self.adaptive is None:
+            why = ("speculative decoding drafts every step from the previous step's tokens on "
+                   "the host; with adaptive_draft_length, steps without drafts run "
+                   "asynchronously")
         elif not getattr(self.executor, "supports_async", False):
             why = "tensor parallelism: the workers receive host token ids every step"
         if why is not None:
             log_once(logger, logging.INFO, "async-sched-off",
                      "Asynchronous scheduling falls back to synchronous steps (%s)", why)
             return False
-        logger.info("Asynchronous scheduling on: step n+1 is scheduled while step n runs")
+        logger.info("Asynchronous scheduling on: step n+1 is scheduled while step n runs%s",
+                    " (steps without drafts)" if self.adaptive is not None else "")
         return True
+
+    def _make_adaptive(self) -> Optional[AdaptiveDraftController]:
+        sc = self.config.speculative_config
+        if sc is None or not sc.adaptive_draft_length:
+            return None
+        k = sc.num_speculative_tokens
+        max_tokens = self.config.scheduler_config.max_num_seqs * (k + 1)
+        calibrate = getattr(self.executor, "calibrate_verify_cost", None)
+        cost = calibrate(max_tokens) if calibrate is not None else None
+        if cost:
+            ms = ", ".join(f"{n}: {t * 1e3:.3f}" for n, t in sorted(cost.items())
+                           if n in (1, 8, 32, 64, 128, 256, 512))
+            logger.info("Adaptive draft length on (k_max=%d); verify cost measured at start-up "
+                        "(tokens: ms): %s", k, ms)
+        else:
+            logger.info("Adaptive draft length on (k_max=%d); verify cost not calibrated "
+                        "(this executor cannot): step costs are learnt from real steps only", k)
+        return AdaptiveDraftController(k, cost, draft_scales_with_k=sc.method != "ngram")
 
     @classmethod
     def from_engine_args(cls, args: EngineArgs) -> "LLMEngine":
@@ -137,6 +164,8 @@ class LLMEngine:
             children.extend(parent.children)
             for cid in parent.children:
                 self.seqs.pop(cid, None)
+                if self.adaptive is not None:
+                    self.adaptive.drop(cid)
                 self._child_to_parent.pop(cid, None)
             self.stats.request_success["abort"] = self.stats.request_success.get("abort", 0) + 1
         if children:    # one scheduler call: one pass over its queues
@@ -182,6 +211,8 @@ class LLMEngine:
         Asynchronous scheduling: this step is scheduled and launched before the previous
         step's tokens are applied, so the host's scheduling, input preparation, detokenization
         and output processing overlap the GPU's work; outputs come one step later."""
+        if self.adaptive is not None:
+            self._time_step()
         try:
             outs = (self._step_async if self.async_scheduling else self._step_sync)(stream)
         except BaseException:
@@ -193,21 +224,59 @@ class LLMEngine:
         return outs
 
     def _step_async(self, stream: bool) -> list[RequestOutput]:
-        so = self.scheduler.schedule()
-        self.stats.num_preemptions = self.scheduler.num_preemptions
+        so = self._schedule()
         prev, self._inflight = self._inflight, None
         if so.reqs or so.finished_req_ids:
             self._inflight = (so, self.executor.execute_model_async(so))
         outs = self._apply(prev, stream) if prev is not None else []
-        if self._inflight is not None and _needs_host_history(self._inflight[0]):
+        if self._inflight is None:
+            return outs
+        launched_so = self._inflight[0]
+        if _needs_host_history(launched_so):
             # Penalties read every earlier token, logprobs are computed from the host's
             # tokens: apply this step now, so the next one is scheduled with all tokens known.
             log_once(logger, logging.INFO, "async-sched-sync-step",
                      "Asynchronous scheduling runs steps with penalties or logprobs "
                      "synchronously")
-            launched, self._inflight = self._inflight, None
-            outs += self._apply(launched, stream)
+        elif not launched_so.num_spec_tokens and not self._wants_drafts():
+            return outs     # the common case: the next step is scheduled while this one runs
+        # Drafts are verified (their rewind and the next drafts need this step's tokens), or
+        # the next step speculates: apply this step now.
+        if not launched_so.num_spec_tokens and self._timing is not None:
+            self._timing[5] = False     # a plain step that waited for its tokens: not typical
+        launched, self._inflight = self._inflight, None
+        outs += self._apply(launched, stream)
+        if self.config.speculative_config is not None:
+            self._draft()
         return outs
+
+    def _schedule(self):
+        so = self.scheduler.schedule()
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        if self.adaptive is not None and so.reqs:
+            # Only decode steps (one token per request plus its drafts) teach the cost model.
+            decode = so.num_tokens == len(so.reqs) + so.num_spec_tokens
+            self._timing = [so.num_spec_tokens > 0, len(so.reqs), so.num_tokens,
+                            time.perf_counter(), 0.0, decode]
+        return so
+
+    def _time_step(self) -> None:
+        """At the start of a step: the previous step's period goes to the controller."""
+        t, self._timing = self._timing, None
+        if t is not None and t[5]:
+            self.adaptive.observe_step(t[0], t[1], t[2], time.perf_counter() - t[3], t[4])
+
+    def _wants_drafts(self) -> bool:
+        """Asynchronous mode: will the next step speculate? (Decided before this step's tokens
+        are known; _draft then uses the decision.)"""
+        if self.adaptive is None:
+            return False
+        sched = self.scheduler
+        ids = [r.request_id for r in sched.running
+               if r.num_computed_tokens >= r.num_prompt_tokens and _may_draft(r)]
+        caps = self.adaptive.decide(len(sched.running), ids)
+        self._caps = caps or None
+        return bool(caps)
 
     def _drop_inflight(self) -> None:
         """A failed step (either mode): forget the launched steps whose tokens the host never
@@ -220,31 +289,76 @@ class LLMEngine:
 
     def _apply(self, launched: tuple, stream: bool) -> list[RequestOutput]:
         so, pending = launched
-        touched = self.scheduler.update_from_output(so, pending.result())
+        ro = pending.result()
+        if self._offered:
+            self._observe_windows(so, ro)
+        touched = self.scheduler.update_from_output(so, ro)
+        if self.adaptive is not None:
+            for req, _ in touched:
+                if req.finished:
+                    self.adaptive.drop(req.request_id)
         return self._process(touched, stream)
+
+    def _observe_windows(self, so, ro) -> None:
+        """The verify windows of the step the offered drafts were for."""
+        offered, self._offered = self._offered, {}
+        idx = {rid: i for i, rid in enumerate(ro.req_ids)}
+        for sr in so.reqs:
+            cap = offered.get(sr.req_id)
+            i = idx.get(sr.req_id)
+            if cap and i is not None:
+                n = len(ro.sampled_token_ids[i])
+                acc = max(n - 1, 0) if sr.num_spec else 0
+                self.adaptive.observe_window(sr.req_id, cap, sr.num_spec, acc)
 
     def _step_sync(self, stream: bool) -> list[RequestOutput]:
         sched = self.scheduler
-        so = sched.schedule()
-        self.stats.num_preemptions = sched.num_preemptions
+        so = self._schedule()
         ro = self.executor.execute_model(so)
+        if self._offered:
+            self._observe_windows(so, ro)
         touched = sched.update_from_output(so, ro)
+        if self.adaptive is not None:
+            for req, _ in touched:
+                if req.finished:
+                    self.adaptive.drop(req.request_id)
         if self.config.speculative_config is not None:
             self._draft()
         return self._process(touched, stream)
 
     def _draft(self) -> None:
-        reqs = []
-        for r in self.scheduler.running:
-            p = r.sampling_params
-            if r.num_computed_tokens != r.num_tokens - 1:
-                continue    # still prefilling
-            if p.has_penalties or r.num_output_tokens < p.min_tokens:
-                continue    # penalties / min_tokens change the target distribution per step
-            reqs.append(ProposeReq(r.request_id, r.all_token_ids, r.num_computed_tokens,
-                                   r.block_ids, r.num_preemptions))
-        if reqs:
-            self.scheduler.set_drafts(self.executor.propose(reqs))
+        running = self.scheduler.running
+        reqs = [r for r in running
+                if r.num_computed_tokens == r.num_tokens - 1     # not prefilling
+                and _may_draft(r)]
+        caps = None
+        if self.adaptive is not None:
+            decided, self._caps = self._caps, None
+            if decided is None:
+                decided = self.adaptive.decide(len(running), [r.request_id for r in reqs])
+            if not decided:
+                return      # k = 0: the next step does not speculate
+            # a request that finished its prefill since the decision gets the batch's length
+            default = max(decided.values())
+            caps = {r.request_id: decided.get(r.request_id, default) for r in reqs}
+            reqs = [r for r in reqs if caps[r.request_id] > 0]
+            self._offered = {r.request_id: caps[r.request_id] for r in reqs}
+        preqs = [ProposeReq(r.request_id, r.all_token_ids, r.num_computed_tokens, r.block_ids,
+                            r.num_preemptions,
+                            max_drafts=None if caps is None else caps[r.request_id])
+                 for r in reqs]
+        if not preqs:
+            return
+        t0 = time.perf_counter()
+        drafts = self.executor.propose(preqs)
+        if caps is not None:
+            # the cap is the controller's decision: no proposer may exceed it
+            drafts = {rid: d[:caps[rid]] for rid, d in drafts.items()}
+            dt = time.perf_counter() - t0
+            self.adaptive.observe_draft_time(len(preqs), max(caps.values()), dt)
+            if self._timing is not None:
+                self._timing[4] += dt
+        self.scheduler.set_drafts(drafts)
 
     def _process(self, touched, stream: bool) -> list[RequestOutput]:
         now = time.monotonic()
@@ -332,6 +446,12 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self.executor.shutdown()
+
+
+def _may_draft(r: Request) -> bool:
+    """Penalties and an active min_tokens mask change the target distribution per step."""
+    p = r.sampling_params
+    return not p.has_penalties and r.num_output_tokens >= p.min_tokens
 
 
 def _needs_host_history(so) -> bool:

@@ -16,6 +16,7 @@ from vllm.logger import init_logger
 from vllm.model_executor.model_loader.loader import load_model
 from vllm.platform import nvtx_range, to_device_async
 from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
+from vllm.v1.constants import PADDING_SLOT_ID
 from vllm.v1.core.sched_output import RunnerOutput, SchedulerOutput
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.sampler import Sampler
@@ -101,11 +102,46 @@ class GPUModelRunner:
             self.graphs = CudaGraphRunner(default_capture_sizes(
                 min(self.max_tokens, 512)))
             self.graphs.capture(self._graph_forward)
-            if self.graphs.enabled and self.spec_step is None:
+            if self.graphs.enabled:
+                # Also with speculative decoding: its steps without drafts are plain decodes.
                 self.greedy_graphs = CudaGraphRunner(default_capture_sizes(
                     min(self.max_tokens, 512, sc.max_num_seqs)), pool=self.graphs.pool,
                     name="greedy decode")
                 self.greedy_graphs.capture(self._graph_forward_greedy)
+
+    @torch.inference_mode()
+    def calibrate_verify_cost(self, max_tokens: int, reps: int = 3) -> dict[int, float]:
+        """Seconds of a target forward plus LM head over n tokens, for each capture size n up
+        to max_tokens (the median of `reps` runs): the verify cost of the adaptive draft
+        length's cost model. Run once at start-up, before any request: the padded rows neither
+        attend nor write, so attention over long contexts is not in it (the controller's
+        measured residual carries it)."""
+        limit = min(max_tokens, self.max_tokens)
+        sizes = [s for s in (self.graphs.sizes if self.graphs.graphs else
+                             default_capture_sizes(limit)) if s <= limit]
+        b = self.buffers
+        b.slot_mapping.fill_(PADDING_SLOT_ID)
+        b.token_req_idx.fill_(-1)
+        cuda = self.device.type == "cuda"
+        out: dict[int, float] = {}
+        for n in sizes:
+            times = []
+            for _ in range(reps + 1):       # the first run warms up
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                if self.graphs.padded_size(n) == n:
+                    hidden = self.graphs.replay(n)
+                else:
+                    md = b.attn_view(n, with_stage=self.staging is not None)
+                    with set_forward_context(ForwardContext(md, self.kv_cache, self.staging)):
+                        hidden = self.model(b.input_ids[:n], b.positions[:n])
+                self.model.compute_logits(hidden[:n])
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            out[n] = float(np.median(times[1:]))
+        return out
 
     @property
     def staging(self) -> Optional[torch.Tensor]:
