@@ -130,7 +130,7 @@ def test_early_exit_grid_dry_run(tmp_path):
     quick = commands(p.stdout)
     assert outputs(quick) == ["run1_r36_t128_temp0.0_thresh0.0.json",
                               "run3_r36_t128_temp0.0_thresh0.5.json"]
-    assert all(f"--ncu --ncu-passes kernels" in c and f"--ncu-path {fake}" in c for c in quick)
+    assert all("--ncu --ncu-passes kernels" in c and f"--ncu-path {fake}" in c for c in quick)
 
 
 def test_oneoff_dry_run(tmp_path):
@@ -211,25 +211,25 @@ def test_summary_ratios(tmp_path):
                          "run3_a1.json", "run4_a0.json"}
     a1 = rows["run1_a1.json"]
     assert a1["twin"] == "run1_a0.json"
-    assert a1["tokens_per_s_ratio"] == pytest.approx(1.25)
-    assert a1["latency_avg_s_ratio"] == pytest.approx(0.8)
-    assert a1["draft_tokens_ratio"] == pytest.approx(0.6)
-    assert a1["dram_write_bytes_ratio"] == pytest.approx(0.75)
-    assert a1["acceptance_ratio"] == pytest.approx(1.0) and a1["stopped_tokens"] == 400
+    assert a1["tokens_per_s_vs_twin"] == pytest.approx(1.25)
+    assert a1["latency_avg_s_vs_twin"] == pytest.approx(0.8)
+    assert a1["draft_tokens_vs_twin"] == pytest.approx(0.6)
+    assert a1["dram_write_bytes_vs_twin"] == pytest.approx(0.75)
+    assert a1["acceptance_vs_twin"] == pytest.approx(1.0) and a1["stopped_tokens"] == 400
     t = rows["run2_t05.json"]
     assert t["twin"] == "run2_a0.json" and t["threshold"] == 0.5
-    assert t["tokens_per_s_ratio"] == pytest.approx(0.75)
-    assert t["latency_avg_s_ratio"] == pytest.approx(1.2)
-    assert t["draft_tokens_ratio"] == pytest.approx(0.9)
-    assert t["acceptance_ratio"] == pytest.approx(1.2)
-    assert t["dram_write_bytes_ratio"] is None
+    assert t["tokens_per_s_vs_twin"] == pytest.approx(0.75)
+    assert t["latency_avg_s_vs_twin"] == pytest.approx(1.2)
+    assert t["draft_tokens_vs_twin"] == pytest.approx(0.9)
+    assert t["acceptance_vs_twin"] == pytest.approx(1.2)
+    assert t["dram_write_bytes_vs_twin"] is None
     assert rows["run1_a0.json"]["twin"] == "(baseline)"
-    assert rows["run1_a0.json"]["tokens_per_s_ratio"] is None
+    assert rows["run1_a0.json"]["tokens_per_s_vs_twin"] is None
     assert rows["run3_a1.json"]["twin"] == "(none)"
     assert rows["run4_a0.json"]["error"]
     with open(tmp_path / "summary.csv") as f:
         by_file = {r["file"]: r for r in csv.DictReader(f)}
-    assert float(by_file["run1_a1.json"]["latency_avg_s_ratio"]) == pytest.approx(0.8)
+    assert float(by_file["run1_a1.json"]["latency_avg_s_vs_twin"]) == pytest.approx(0.8)
     assert summarize.main([str(tmp_path / "empty")]) == 1
 
 

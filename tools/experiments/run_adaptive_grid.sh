@@ -35,7 +35,7 @@ Environment (defaults in brackets):
   SCENARIO              microbench prompt set            [medium]
   BATCHES / WARMUP      measured / warm-up batches       [3 / 1; --quick: 2 / 1]
   NWOR_MODE / SCV_MODE  the one engine mode of each run  [off / graph]
-  RUN_TIMEOUT           seconds per run                  [1800; --quick: 240]
+  RUN_TIMEOUT           seconds per run                  [1800; --quick: 150]
   PYTHON                interpreter                      [python3]
 USAGE
 }
@@ -49,7 +49,7 @@ TEMPS=(0.0 0.7)
 KS=(10 5 15)          # k = 10 first: run1 is the seed's run1_r12_t64_temp0.0_d10
 if [ "$QUICK" = 1 ]; then
   Q_REQUESTS=" 12 " Q_TOKENS=" 64 " Q_TEMPS=" 0.0 0.7 " Q_KS=" 10 "
-  BATCHES=${BATCHES:-2} RUN_TIMEOUT=${RUN_TIMEOUT:-240}
+  BATCHES=${BATCHES:-2} RUN_TIMEOUT=${RUN_TIMEOUT:-150}
 else
   Q_REQUESTS=" ${REQUESTS[*]} " Q_TOKENS=" ${TOKENS[*]} " Q_TEMPS=" ${TEMPS[*]} " Q_KS=" ${KS[*]} "
   BATCHES=${BATCHES:-3} RUN_TIMEOUT=${RUN_TIMEOUT:-1800}

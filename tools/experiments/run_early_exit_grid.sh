@@ -27,8 +27,8 @@ cuts drafts that would have been accepted; set DRAFT_MODEL (and SPEC_METHOD=eagl
 drafter.
 
   --quick      thresholds 0.0 and 0.5, T 0.0, short only, 1 measured batch, ncu (if found) on
-               the KV-write kernels only with at most 60 kernels per run: 2 runs, about 3
-               minutes on one H200 (the ncu numbers are a plumbing check, not a result)
+               the KV-write / commit kernels only, at most 60 of them per run: 2 runs, about
+               3 minutes on one H200 (the ncu numbers are a plumbing check, not a result)
   --dry-run    print the commands (one per line) and run nothing
   --force      re-run points whose JSON already exists (default: skip them: resume)
   --out-dir    results root (default: sweeps/); this grid writes DIR/early_exit_grid/
@@ -52,8 +52,8 @@ Environment (defaults in brackets):
   NCU                   0: never ncu; auto: when found   [auto]
   NCU_PATH              the ncu binary                   [PATH, /usr/local/cuda/bin, ...]
   NCU_PASSES            steps,kernels (see --ncu-passes) [steps,kernels; --quick: kernels]
-  NCU_TIMEOUT           seconds per ncu pass             [3600; --quick: 150]
-  RUN_TIMEOUT           seconds per run (ncu included)   [7200; --quick: 400]
+  NCU_TIMEOUT           seconds per ncu pass             [3600; --quick: 100]
+  RUN_TIMEOUT           seconds per run (ncu included)   [7200; --quick: 220]
   PYTHON                interpreter                      [python3]
 USAGE
 }
@@ -67,9 +67,9 @@ THRESHOLDS=(0.0 0.3 0.5 0.7)
 NCU_FLAGS=()
 if [ "$QUICK" = 1 ]; then
   Q_TEMPS=" 0.0 " Q_LENGTHS=" short " Q_THRESHOLDS=" 0.0 0.5 "
-  BATCHES=${BATCHES:-1} RUN_TIMEOUT=${RUN_TIMEOUT:-400}
-  NCU_PASSES=${NCU_PASSES:-kernels} NCU_TIMEOUT=${NCU_TIMEOUT:-150}
-  NCU_FLAGS+=(--ncu-launch-count 60)
+  BATCHES=${BATCHES:-1} RUN_TIMEOUT=${RUN_TIMEOUT:-220}
+  NCU_PASSES=${NCU_PASSES:-kernels} NCU_TIMEOUT=${NCU_TIMEOUT:-100}
+  NCU_FLAGS+=(--ncu-launch-count 60 --ncu-kernel-regex '_write_kv|_commit_staged')
 else
   Q_TEMPS=" ${TEMPS[*]} " Q_LENGTHS=" ${LENGTHS[*]} " Q_THRESHOLDS=" ${THRESHOLDS[*]} "
   BATCHES=${BATCHES:-2} RUN_TIMEOUT=${RUN_TIMEOUT:-7200}

@@ -40,7 +40,7 @@ Environment (defaults in brackets):
   BATCHES / WARMUP      measured / warm-up batches       [2 / 1; --quick: 1 / 1]
   NWOR_MODE / SCV_MODE  the one engine mode of each run  [off / graph]
   NCU / NCU_PATH / NCU_PASSES / NCU_TIMEOUT  as for run_early_exit_grid.sh (scenario C)
-  RUN_TIMEOUT           seconds per run                  [3600; --quick: 240]
+  RUN_TIMEOUT           seconds per run                  [3600; --quick: 150]
   PYTHON                interpreter                      [python3]
 USAGE
 }
@@ -49,7 +49,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_lib.sh"
 parse_common_args "$@"
 
 if [ "$QUICK" = 1 ]; then
-  SCENARIOS=" b c " BATCHES=${BATCHES:-1} RUN_TIMEOUT=${RUN_TIMEOUT:-240} NCU=0
+  SCENARIOS=" b c " BATCHES=${BATCHES:-1} RUN_TIMEOUT=${RUN_TIMEOUT:-150} NCU=0
 else
   SCENARIOS=" a b c d " BATCHES=${BATCHES:-2} RUN_TIMEOUT=${RUN_TIMEOUT:-3600}
 fi

@@ -6,9 +6,10 @@ confidence threshold 0. Writes <folder>/summary.csv and <folder>/summary.json.
 
   python3 -m tools.experiments.summarize sweeps/adaptive_grid sweeps/early_exit_grid
 
-Ratios are variant / twin: tokens_per_s_ratio > 1 and latency_ratio < 1 mean the variant is
-faster; draft_tokens_ratio < 1 means it drafted less. A run that is its own twin (a baseline)
-has no ratios; a variant without a twin in the folder has none either (twin says so).
+Columns <x>_vs_twin are variant / twin: tokens_per_s_vs_twin > 1 and latency_avg_s_vs_twin
+< 1 mean the variant is faster; draft_tokens_vs_twin < 1 means it drafted less. A run that is
+its own twin (a baseline) has no ratios; a variant without a twin in the folder has none
+either (the twin column says so).
 """
 from __future__ import annotations
 
@@ -25,14 +26,14 @@ from tools import common
 # What makes two runs the same workload (everything but the two features under test).
 _WORKLOAD_ARGS = ("scenario", "prompts_file", "requests", "batches", "warmup", "max_tokens",
                   "temperature", "draft_tokens", "acceptance_rate", "seed", "max_model_len")
-# (column, per_mode field): the compared quantities; each gets a <column>_ratio
+# (column, per_mode field): the compared quantities; each gets a <column>_vs_twin
 _COMPARED = (("tokens_per_s", "output_tokens_per_s"), ("latency_avg_s", "latency_avg_s"),
              ("acceptance", "spec_acceptance_ratio"), ("draft_tokens", "spec_num_draft_tokens"),
              ("dram_write_bytes", None))
 COLUMNS = (["file", "scenario", "requests", "max_tokens", "temperature", "k", "method",
             "adaptive", "threshold", "nwor", "scv", "tokens_per_s", "latency_avg_s",
             "acceptance", "draft_tokens", "stopped_tokens", "dram_write_bytes", "twin"]
-           + [c + "_ratio" for c, _ in _COMPARED] + ["error"])
+           + [c + "_vs_twin" for c, _ in _COMPARED] + ["error"])
 
 
 def load_runs(folder: str) -> list[tuple[str, dict]]:
@@ -109,7 +110,7 @@ def summarize_runs(runs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
             twins.setdefault(key, row)          # the first by file name if several
     for row, key in zip(rows, keys):
         for col, _ in _COMPARED:
-            row[col + "_ratio"] = None
+            row[col + "_vs_twin"] = None
         base = twins.get(key)
         if base is row:
             row["twin"] = "(baseline)"
@@ -119,14 +120,14 @@ def summarize_runs(runs: list[tuple[str, dict]]) -> list[dict[str, Any]]:
             continue
         row["twin"] = base["file"]
         for col, _ in _COMPARED:
-            row[col + "_ratio"] = _ratio(row[col], base[col])
+            row[col + "_vs_twin"] = _ratio(row[col], base[col])
     return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     cols = ["file", "tokens_per_s", "latency_avg_s", "acceptance", "draft_tokens",
-            "stopped_tokens", "dram_write_bytes", "tokens_per_s_ratio", "latency_avg_s_ratio",
-            "draft_tokens_ratio", "dram_write_bytes_ratio"]
+            "stopped_tokens", "dram_write_bytes", "tokens_per_s_vs_twin",
+            "latency_avg_s_vs_twin", "draft_tokens_vs_twin", "dram_write_bytes_vs_twin"]
     heads = ["run", "tok/s", "lat_s", "acc", "drafted", "stopped", "dram_w", "tok/s_x",
              "lat_x", "drafted_x", "dram_w_x"]
     return common.format_table(heads, [["ERROR: " + r["file"]] + [None] * (len(cols) - 1)
