@@ -12,6 +12,9 @@ measured batches). Output: one JSON, {"config": {...}, "summary": {"per_mode": [
 
 Models: --target-model / --draft-model, else the TARGET_MODEL / DRAFT_MODEL environment
 variables, else the default model with n-gram drafting; TENSOR_PARALLEL_SIZE is honoured.
+--adaptive-draft-length 0|1 and --confidence-threshold X go into speculative_config (seed 004,
+tools/experiments/); the engine's validation runs before any model loads, so a threshold with
+n-gram drafting fails at once with its message.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ _WORKLOAD_FLAGS = ("scenario", "prompts_file", "requests", "batches", "warmup", 
                    "temperature", "max_tokens", "max_model_len", "spec_method", "target_model",
                    "draft_model", "tensor_parallel_size", "acceptance_rate", "load_format",
                    "dtype", "block_size", "max_num_seqs", "gpu_memory_utilization", "seed",
-                   "prompt_lookup_max", "prompt_lookup_min", "cpu_threads")
+                   "prompt_lookup_max", "prompt_lookup_min", "cpu_threads",
+                   "adaptive_draft_length", "confidence_threshold")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--draft-tokens", type=int, default=4, help="num_speculative_tokens (k)")
     m.add_argument("--prompt-lookup-min", type=int, default=None, help="ngram only")
     m.add_argument("--prompt-lookup-max", type=int, default=None, help="ngram only")
+    m.add_argument("--adaptive-draft-length", type=int, choices=(0, 1), default=None,
+                   help="speculative_config.adaptive_draft_length: 1 = each step picks its "
+                        "number of drafts (0..k); default: the engine's "
+                        "(VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH)")
+    m.add_argument("--confidence-threshold", type=float, default=None,
+                   help="speculative_config.confidence_threshold: a model drafter (draft_model, "
+                        "eagle) stops a request's draft once its top-1 probability falls below "
+                        "this (0 = never); default: the engine's "
+                        "(VLLM_DRAFT_CONFIDENCE_THRESHOLD)")
     m.add_argument("--acceptance-rate", type=float, default=None,
                    help="CONTROLLED acceptance (benchmark only, for dummy weights): accept "
                         "each draft with this probability instead of verifying it")
@@ -146,7 +159,19 @@ def speculative_config(args, models: dict) -> dict:
             sc["prompt_lookup_max"] = args.prompt_lookup_max
     if args.acceptance_rate is not None:
         sc["acceptance_rate"] = args.acceptance_rate
+    if args.adaptive_draft_length is not None:
+        sc["adaptive_draft_length"] = bool(args.adaptive_draft_length)
+    if args.confidence_threshold is not None:
+        sc["confidence_threshold"] = args.confidence_threshold
     return sc
+
+
+def resolve_spec_config(args, models: dict):
+    """The engine's own validation of speculative_config, before any model loads: a bad
+    combination (confidence_threshold > 0 with ngram) fails here with the engine's message.
+    Returns the SpeculativeConfig the engines will run with (environment defaults applied)."""
+    from vllm.config import SpeculativeConfig
+    return SpeculativeConfig.from_user(speculative_config(args, models), models["target_model"])
 
 
 def acceptance_label(args) -> str:
@@ -256,13 +281,14 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
         llm.shutdown()
         del llm
     entry = per_mode_entry(args, nwor, scv, scv_effective, m, geometry, lat, toks, init_s,
-                           warmup_s)
+                           warmup_s, spec=resolve_spec_config(args, models))
     entry["engine_steps"] = engine_steps
     return entry
 
 
 def per_mode_entry(args, nwor, scv, scv_effective, m: dict, geometry: dict, lat: list,
-                   toks: list, init_s: float, warmup_s: float) -> dict:
+                   toks: list, init_s: float, warmup_s: float, spec=None) -> dict:
+    """spec: the resolved SpeculativeConfig (None: taken from args, as passed)."""
     c = byte_model.counters_from_metrics(m)
     drafts, dtoks, acc = (c["spec_num_drafts"], c["spec_num_draft_tokens"],
                           c["spec_num_accepted_tokens"])
@@ -272,8 +298,15 @@ def per_mode_entry(args, nwor, scv, scv_effective, m: dict, geometry: dict, lat:
          if k.startswith("vllm:spec_decode_num_accepted_tokens_per_pos{")),
         key=lambda kv: int(kv[0].split("=")[1].rstrip("}")))]
     total_s = sum(lat)
+    decode_steps = max(c["generation_tokens"] - c["finished_requests"] - acc, 0)
+    adaptive = (spec.adaptive_draft_length if spec is not None
+                else bool(args.adaptive_draft_length))
+    threshold = (spec.confidence_threshold if spec is not None
+                 else float(args.confidence_threshold or 0.0))
     return {
         "nwor_mode": nwor, "scv_mode": scv, "scv_mode_effective": scv_effective,
+        "adaptive_draft_length": adaptive,
+        "confidence_threshold": threshold,
         "acceptance": "controlled" if args.acceptance_rate is not None else "verified",
         "latency_avg_s": total_s / len(lat) if lat else None,
         "latency_p50_s": common.percentile(lat, 50),
@@ -285,6 +318,13 @@ def per_mode_entry(args, nwor, scv, scv_effective, m: dict, geometry: dict, lat:
         "spec_acceptance_ratio": acc / dtoks if dtoks else 0.0,
         "spec_mean_acceptance_length": 1.0 + acc / drafts if drafts else 0.0,
         "spec_accepted_per_position": per_pos,
+        # decode steps (per request) x k - drafted: draft slots left unused, whether confidence
+        # early exit or the adaptive length cut the draft (or dropped it: a step without
+        # drafts), n-gram found no match, or max_tokens capped it near a request's end (the
+        # last two the same in a run's threshold-0 / adaptive-0 twin). Each request's first
+        # token comes from its prefill; each decode step emits 1 + its accepted drafts.
+        "spec_decode_steps": decode_steps,
+        "spec_draft_tokens_short_of_k": max(decode_steps * args.draft_tokens - dtoks, 0),
         "nwor_tokens_staged": staged,
         "nwor_tokens_committed": committed,
         "nwor_writes_saved_pct": 100.0 * (staged - committed) / staged if staged else 0.0,
@@ -423,6 +463,18 @@ def main(argv=None) -> int:
         import torch
         torch.set_num_threads(args.cpu_threads)
     models = resolve_models(args)
+    try:
+        spec = resolve_spec_config(args, models)
+    except ValueError as e:       # e.g. --confidence-threshold > 0 with ngram drafting
+        print(f"error: speculative_config {speculative_config(args, models)} rejected by the "
+              f"engine: {e}", file=sys.stderr)
+        return 2
+    if not args.ncu_child:
+        print(f"microbench: {models['target_model']} | {spec.method} k={args.draft_tokens} | "
+              f"adaptive_draft_length={int(spec.adaptive_draft_length)} "
+              f"confidence_threshold={spec.confidence_threshold} | {args.scenario} "
+              f"x{args.requests} req x{args.batches} batches | T={args.temperature} | "
+              f"nwor={nwor_modes} scv={scv_modes}", file=sys.stderr, flush=True)
     ncu_state = None
     if args.ncu:
         from tools.profiling import ncu
@@ -435,6 +487,8 @@ def main(argv=None) -> int:
     config = {**common.run_metadata(argv if argv is None else [__file__] + list(argv)),
               **models,
               "speculative_config": speculative_config(args, models),
+              "adaptive_draft_length": spec.adaptive_draft_length,
+              "confidence_threshold": spec.confidence_threshold,
               "acceptance": acceptance_label(args),
               "max_tokens": max_tokens(args),
               "modes": [{"nwor_mode": n, "scv_mode": s} for n, s in modes],
@@ -476,9 +530,25 @@ def main(argv=None) -> int:
                     break
             common.write_json(args.output, result)
     if not args.ncu_child:
+        for e in per_mode:
+            if "error" in e:
+                continue
+            # derived from the counters (spec_draft_tokens_short_of_k, per_mode_entry);
+            # the first is the line the seed's `grep "Confidence early exit stats"` looks for
+            slots = e["spec_decode_steps"] * args.draft_tokens
+            where = f"nwor={e['nwor_mode']} scv={e['scv_mode']}"
+            if spec.confidence_threshold > 0:
+                print(f"Confidence early exit stats: {e['spec_draft_tokens_short_of_k']} tokens "
+                      f"stopped of {slots} (decode steps x k - drafted; threshold="
+                      f"{spec.confidence_threshold}, adaptive="
+                      f"{int(spec.adaptive_draft_length)}, {where})")
+            elif spec.adaptive_draft_length:
+                print(f"Adaptive draft length stats: {e['spec_draft_tokens_short_of_k']} of "
+                      f"{slots} draft slots unused (decode steps x k - drafted, {where})")
         print(f"\n{config['target_model']} | {models['spec_method']} k={args.draft_tokens} | "
               f"{args.scenario} x{args.requests} req x{args.batches} batches | "
-              f"T={args.temperature} | {config['device'].get('name')} | "
+              f"T={args.temperature} | adaptive={int(spec.adaptive_draft_length)} "
+              f"threshold={spec.confidence_threshold} | {config['device'].get('name')} | "
               f"acceptance: {'CONTROLLED' if args.acceptance_rate is not None else 'verified'}")
         print(summary_table(per_mode))
         print(f"\nwrote {args.output}")

@@ -5,6 +5,12 @@ medium     code-completion style with repeated structure (where n-gram drafting 
 long       a few paragraphs followed by "Summarize ..." (hundreds of prompt tokens)
 synthetic  token-id prompts: a short random pattern repeated (any tokenizer; tiny test models,
            dummy weights). Built from the model's vocabulary size, deterministic in the seed.
+
+The one-off scenarios of tools/experiments/run_oneoff_scenarios.sh (docs/experiments.md):
+code_completion   unfinished functions to complete (short answers, repetitive: high acceptance)
+chatbot           customer-service questions with a short system-style preamble
+high_throughput   short extraction / classification / rewrite tasks (many requests at once)
+creative_writing  open-ended stories and poems (sampled: low acceptance)
 """
 from __future__ import annotations
 
@@ -13,18 +19,22 @@ import os
 import random
 from typing import Union
 
-SCENARIOS = ("short", "medium", "long", "synthetic")
+TEXT_SCENARIOS = ("short", "medium", "long", "code_completion", "chatbot", "high_throughput",
+                  "creative_writing")
+SCENARIOS = TEXT_SCENARIOS + ("synthetic",)
 # Output tokens per request when --max-tokens is not given.
-DEFAULT_MAX_TOKENS = {"short": 64, "medium": 128, "long": 128, "synthetic": 32}
+DEFAULT_MAX_TOKENS = {"short": 64, "medium": 128, "long": 128, "synthetic": 32,
+                      "code_completion": 64, "chatbot": 128, "high_throughput": 64,
+                      "creative_writing": 256}
 
 Prompt = Union[str, dict]
 _DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def text_prompts(scenario: str) -> list[str]:
-    if scenario not in ("short", "medium", "long"):
-        raise ValueError(f"scenario {scenario!r} has no text prompts; expected short, medium "
-                         "or long")
+    if scenario not in TEXT_SCENARIOS:
+        raise ValueError(f"scenario {scenario!r} has no text prompts; expected one of "
+                         f"{TEXT_SCENARIOS}")
     with open(os.path.join(_DIR, f"{scenario}.json")) as f:
         return json.load(f)
 

@@ -1,0 +1,301 @@
+"""Seed 004's experiment scripts (tools/experiments/) and the microbench's two new flags:
+--help of each script, the full grids their --dry-run prints, the summary's twin ratios on
+synthetic results, and a tiny CPU microbench run with --adaptive-draft-length 1 answering the
+seed's jq paths; --confidence-threshold with n-gram drafting is a clear error."""
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models_util import tiny_model
+from tools.experiments import summarize
+from tools.profiling import run_nwor_microbench as mb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXP = os.path.join(ROOT, "tools", "experiments")
+SCRIPTS = ("run_all_experiments.sh", "run_adaptive_grid.sh", "run_early_exit_grid.sh",
+           "run_oneoff_scenarios.sh")
+# the seed's jq snippets (docs/experiments.md), as paths into the microbench JSON
+JQ_PATHS = ('.summary.per_mode[0].latency_avg_s',
+            '.summary.per_mode[0].spec_num_draft_tokens',
+            '.summary.per_mode[0].spec_acceptance_ratio',
+            '.summary.per_mode[0].ncu_metrics."dram__bytes_write.sum"',
+            '.summary.per_mode[0].ncu_metrics."dram__throughput.avg.pct_of_peak_sustained_elapsed"')
+
+
+def jq_path(doc, path: str):
+    """The value jq prints for a path of .name / ."quoted.name" / [i] steps (None = null)."""
+    cur = doc
+    for quoted, name, index in re.findall(r'\."([^"]+)"|\.([A-Za-z_]\w*)|\[(\d+)\]', path):
+        if index:
+            cur = cur[int(index)] if isinstance(cur, list) and int(index) < len(cur) else None
+        else:
+            cur = cur.get(quoted or name) if isinstance(cur, dict) else None
+    return cur
+
+
+def script(name: str, *args: str, env: dict | None = None, cwd: str = ROOT):
+    e = dict(os.environ, **(env or {}))
+    e.pop("OUT_DIR", None)
+    return subprocess.run(["bash", os.path.join(EXP, name), *args], capture_output=True,
+                          text=True, timeout=120, env=e, cwd=cwd)
+
+
+def commands(out: str) -> list[str]:
+    return [ln for ln in out.splitlines() if "tools.profiling.run_nwor_microbench" in ln
+            and not ln.startswith("#")]
+
+
+def outputs(cmds: list[str]) -> list[str]:
+    return [os.path.basename(re.search(r"--output (\S+)", c).group(1)) for c in cmds]
+
+
+# --- scripts --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_help_lists_the_flags(name):
+    p = script(name, "--help")
+    assert p.returncode == 0 and p.stdout.startswith("Usage")
+    for flag in ("--quick", "--dry-run", "--force", "--out-dir", "TARGET_MODEL", "DRAFT_MODEL"):
+        assert flag in p.stdout, (name, flag)
+    if name != "run_all_experiments.sh":
+        assert "TENSOR_PARALLEL_SIZE" in p.stdout and "SPEC_METHOD" in p.stdout
+    if name == "run_adaptive_grid.sh":
+        assert "--adaptive-draft-length" in p.stdout
+    if name == "run_early_exit_grid.sh":
+        assert "--confidence-threshold" in p.stdout and "NCU" in p.stdout
+
+
+def test_unknown_argument_fails():
+    p = script("run_adaptive_grid.sh", "--bogus")
+    assert p.returncode == 2 and "unknown argument" in p.stderr
+
+
+def test_adaptive_grid_dry_run(tmp_path):
+    p = script("run_adaptive_grid.sh", "--dry-run", "--out-dir", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    cmds = commands(p.stdout)
+    assert len(cmds) == 3 * 3 * 2 * 3 * 2            # requests x tokens x T x k x adaptive
+    names = outputs(cmds)
+    assert len(set(names)) == len(names)
+    assert names[:2] == ["run1_r12_t64_temp0.0_d10_adaptive0.json",
+                         "run1_r12_t64_temp0.0_d10_adaptive1.json"]
+    for r in (12, 36, 60):
+        for t in (64, 128, 256):
+            for temp in ("0.0", "0.7"):
+                for k in (5, 10, 15):
+                    for a in (0, 1):
+                        assert sum(f"_r{r}_t{t}_temp{temp}_d{k}_adaptive{a}.json" in n
+                                   for n in names) == 1
+    for c in cmds:
+        assert "--spec-method ngram" in c and re.search(r"--adaptive-draft-length [01] ", c)
+        assert f"--output {tmp_path}/adaptive_grid/" in c
+    assert not os.path.exists(tmp_path / "adaptive_grid")   # dry-run writes nothing
+    quick = commands(script("run_adaptive_grid.sh", "--dry-run", "--quick",
+                            "--out-dir", str(tmp_path)).stdout)
+    assert len(quick) == 4 and set(outputs(quick)) <= set(names)   # quick names = full names
+
+
+def test_early_exit_grid_dry_run(tmp_path):
+    env = {"NCU": "0", "TARGET_MODEL": "/models/target"}
+    p = script("run_early_exit_grid.sh", "--dry-run", "--out-dir", str(tmp_path), env=env)
+    assert p.returncode == 0, p.stderr
+    cmds = commands(p.stdout)
+    assert len(cmds) == 4 * 2 * 2                     # thresholds x T x short/long
+    names = outputs(cmds)
+    assert names[0] == "run1_r36_t128_temp0.0_thresh0.0.json"
+    assert names[2] == "run3_r36_t128_temp0.0_thresh0.5.json"
+    assert len(set(names)) == 16
+    for c in cmds:
+        # the target drafts for itself by default
+        assert "--spec-method draft_model --draft-model /models/target" in c
+        assert "--confidence-threshold" in c and "--ncu" not in c
+    assert "without Nsight Compute" in p.stdout
+    # ncu absent (nothing at NCU_PATH): the script says so and runs without it
+    p = script("run_early_exit_grid.sh", "--dry-run", "--quick", "--out-dir", str(tmp_path),
+               env={"TARGET_MODEL": "/models/target", "NCU_PATH": str(tmp_path / "no-ncu"),
+                    "PATH": "/usr/bin:/bin"})
+    assert "not found" in p.stdout and all("--ncu" not in c for c in commands(p.stdout))
+    # ncu present: every run gets --ncu
+    fake = tmp_path / "ncu"
+    fake.write_text("#!/bin/sh\necho 'Version 2025.1'\n")
+    fake.chmod(0o755)
+    p = script("run_early_exit_grid.sh", "--dry-run", "--quick", "--out-dir", str(tmp_path),
+               env={"TARGET_MODEL": "/models/target", "NCU_PATH": str(fake)})
+    quick = commands(p.stdout)
+    assert outputs(quick) == ["run1_r36_t128_temp0.0_thresh0.0.json",
+                              "run3_r36_t128_temp0.0_thresh0.5.json"]
+    assert all("--ncu --ncu-passes kernels" in c and f"--ncu-path {fake}" in c for c in quick)
+
+
+def test_oneoff_dry_run(tmp_path):
+    p = script("run_oneoff_scenarios.sh", "--dry-run", "--out-dir", str(tmp_path),
+               env={"NCU": "0", "TARGET_MODEL": "/m"})
+    assert p.returncode == 0, p.stderr
+    cmds = commands(p.stdout)
+    seed = ["scenario_a_code_completion", "scenario_b_chatbot", "scenario_c_high_throughput",
+            "scenario_d_creative_writing"]
+    assert outputs(cmds) == [n + s for n in seed for s in (".json", "_baseline.json")]
+    for c, n in zip(cmds, outputs(cmds)):
+        scen = re.search(r"--scenario (\S+)", c).group(1)
+        assert n.startswith("scenario_") and scen in n     # each its own prompt set
+        if "baseline" in n:
+            assert "--adaptive-draft-length 0 --confidence-threshold 0.0" in c
+        else:
+            assert "--adaptive-draft-length 1" in c
+    c_run = cmds[4]
+    assert "--confidence-threshold 0.5" in c_run and "--spec-method draft_model" in c_run
+    assert len(commands(script("run_oneoff_scenarios.sh", "--dry-run", "--quick",
+                               env={"TARGET_MODEL": "/m"}).stdout)) == 4
+
+
+def test_all_dry_run(tmp_path):
+    env = {"NCU": "0", "TARGET_MODEL": "/m"}
+    p = script("run_all_experiments.sh", "--dry-run", "--out-dir", "rel", "--",
+               "--enforce-eager", env=env, cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    cmds = commands(p.stdout)
+    assert len(cmds) == 108 + 16 + 8
+    # a relative --out-dir is taken from where the script was started; extra flags go last
+    assert all(f"--output {tmp_path}/rel/" in c and c.endswith("--enforce-eager") for c in cmds)
+    quick = commands(script("run_all_experiments.sh", "--dry-run", "--quick", env=env).stdout)
+    assert len(quick) == 4 + 2 + 4
+
+
+def test_prompt_sets():
+    from tools.profiling import prompts
+    for name in ("code_completion", "chatbot", "high_throughput", "creative_writing"):
+        ps = prompts.text_prompts(name)
+        assert len(ps) >= 20 and all(isinstance(p, str) and p.strip() for p in ps)
+        assert name in prompts.SCENARIOS and prompts.DEFAULT_MAX_TOKENS[name] > 0
+        assert name in mb.build_parser().format_help()
+
+
+# --- summary --------------------------------------------------------------------------------
+def _result(tmp_path, name, *, adaptive=False, threshold=0.0, k=10, requests=12, tps=100.0,
+            lat=2.0, acc=0.5, dtoks=1000, short=0, dram=None, error=False):
+    entry = {"nwor_mode": "off", "scv_mode": "graph", "adaptive_draft_length": adaptive,
+             "confidence_threshold": threshold, "output_tokens_per_s": tps,
+             "latency_avg_s": lat, "spec_acceptance_ratio": acc,
+             "spec_num_draft_tokens": dtoks, "spec_draft_tokens_short_of_k": short,
+             "ncu_metrics": {} if dram is None else {"dram__bytes_write.sum": dram}}
+    if error:
+        entry = {"nwor_mode": "off", "scv_mode": "graph", "error": "RuntimeError('x')"}
+    doc = {"config": {"target_model": "m", "draft_model": None, "spec_method": "ngram",
+                      "max_tokens": 64,
+                      "args": {"scenario": "medium", "requests": requests, "batches": 2,
+                               "warmup": 1, "max_tokens": 64, "temperature": 0.0,
+                               "draft_tokens": k, "seed": 0}},
+           "summary": {"per_mode": [entry]}}
+    (tmp_path / name).write_text(json.dumps(doc))
+
+
+def test_summary_ratios(tmp_path):
+    _result(tmp_path, "run1_a0.json", tps=100.0, lat=2.0, dtoks=1000, dram=4.0e9)
+    _result(tmp_path, "run1_a1.json", adaptive=True, tps=125.0, lat=1.6, dtoks=600, short=400,
+            dram=3.0e9)
+    _result(tmp_path, "run2_a0.json", k=5, tps=80.0, lat=2.5, dtoks=500)
+    _result(tmp_path, "run2_t05.json", k=5, threshold=0.5, tps=60.0, lat=3.0, dtoks=450,
+            acc=0.6)
+    _result(tmp_path, "run3_a1.json", requests=36, adaptive=True)      # no twin
+    _result(tmp_path, "run4_a0.json", requests=60, error=True)
+    (tmp_path / "notes.json").write_text('{"not": "a result"}')
+    assert summarize.main([str(tmp_path)]) == 0
+    rows = {r["file"]: r for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
+    assert set(rows) == {"run1_a0.json", "run1_a1.json", "run2_a0.json", "run2_t05.json",
+                         "run3_a1.json", "run4_a0.json"}
+    a1 = rows["run1_a1.json"]
+    assert a1["twin"] == "run1_a0.json"
+    assert a1["tokens_per_s_vs_twin"] == pytest.approx(1.25)
+    assert a1["latency_avg_s_vs_twin"] == pytest.approx(0.8)
+    assert a1["draft_tokens_vs_twin"] == pytest.approx(0.6)
+    assert a1["dram_write_bytes_vs_twin"] == pytest.approx(0.75)
+    assert a1["acceptance_vs_twin"] == pytest.approx(1.0) and a1["stopped_tokens"] == 400
+    t = rows["run2_t05.json"]
+    assert t["twin"] == "run2_a0.json" and t["threshold"] == 0.5
+    assert t["tokens_per_s_vs_twin"] == pytest.approx(0.75)
+    assert t["latency_avg_s_vs_twin"] == pytest.approx(1.2)
+    assert t["draft_tokens_vs_twin"] == pytest.approx(0.9)
+    assert t["acceptance_vs_twin"] == pytest.approx(1.2)
+    assert t["dram_write_bytes_vs_twin"] is None
+    assert rows["run1_a0.json"]["twin"] == "(baseline)"
+    assert rows["run1_a0.json"]["tokens_per_s_vs_twin"] is None
+    assert rows["run3_a1.json"]["twin"] == "(none)"
+    assert rows["run4_a0.json"]["error"]
+    with open(tmp_path / "summary.csv") as f:
+        by_file = {r["file"]: r for r in csv.DictReader(f)}
+    assert float(by_file["run1_a1.json"]["latency_avg_s_vs_twin"]) == pytest.approx(0.8)
+    assert summarize.main([str(tmp_path / "empty")]) == 1
+
+
+# --- the microbench's flags ------------------------------------------------------------------
+def test_microbench_help_lists_flags():
+    h = mb.build_parser().format_help()
+    assert "--adaptive-draft-length" in h and "--confidence-threshold" in h
+
+
+def test_threshold_with_ngram_is_a_clear_error(tmp_path):
+    out = tmp_path / "x.json"
+    p = subprocess.run([sys.executable, "-m", "tools.profiling.run_nwor_microbench",
+                        "--target-model", tiny_model("llama"), "--spec-method", "ngram",
+                        "--confidence-threshold", "0.5", "--output", str(out)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode != 0
+    assert "error:" in p.stderr and "confidence_threshold" in p.stderr and "ngram" in p.stderr
+    assert "Traceback" not in p.stderr and not out.exists()
+
+
+def test_adaptive_run_writes_fields_and_answers_jq(tmp_path, capsys):
+    out = tmp_path / "mb.json"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rc = mb.main(["--target-model", tiny_model("llama"), "--scenario", "synthetic",
+                      "--requests", "2", "--batches", "1", "--warmup", "0", "--draft-tokens",
+                      "3", "--max-tokens", "8", "--spec-method", "ngram",
+                      "--adaptive-draft-length", "1", "--nwor-modes", "off", "--scv-modes",
+                      "off", "--output", str(out), "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    captured = capsys.readouterr()
+    err = captured.err
+    assert "adaptive_draft_length=1" in err and "confidence_threshold=0.0" in err  # start-up
+    doc = json.loads(out.read_text())
+    cfg, e = doc["config"], doc["summary"]["per_mode"][0]
+    assert cfg["adaptive_draft_length"] is True and cfg["confidence_threshold"] == 0.0
+    assert cfg["speculative_config"]["adaptive_draft_length"] is True
+    assert e["adaptive_draft_length"] is True and e["confidence_threshold"] == 0.0
+    assert e["spec_num_draft_tokens"] > 0
+    assert e["spec_acceptance_ratio"] == pytest.approx(
+        e["spec_num_accepted_tokens"] / e["spec_num_draft_tokens"])
+    steps = e["generation_tokens"] - e["num_requests"] - e["spec_num_accepted_tokens"]
+    assert e["spec_decode_steps"] == steps > 0
+    assert e["spec_draft_tokens_short_of_k"] == steps * 3 - e["spec_num_draft_tokens"] >= 0
+    assert "Adaptive draft length stats:" in captured.out
+    values = {p: jq_path(doc, p) for p in JQ_PATHS}
+    assert values[JQ_PATHS[0]] == e["latency_avg_s"] > 0
+    assert values[JQ_PATHS[1]] == e["spec_num_draft_tokens"]
+    assert values[JQ_PATHS[2]] == e["spec_acceptance_ratio"]
+    assert values[JQ_PATHS[3]] is None and values[JQ_PATHS[4]] is None   # no --ncu: null
+    if shutil.which("jq"):                     # and jq itself agrees
+        for p, v in values.items():
+            got = subprocess.run(["jq", "-r", p, str(out)], capture_output=True, text=True,
+                                 check=True).stdout.strip()
+            assert got == ("null" if v is None else str(v)) or float(got) == pytest.approx(v)
+    # the ncu child (same workload under ncu) gets both flags
+    args = mb.build_parser().parse_args(["--adaptive-draft-length", "1",
+                                         "--confidence-threshold", "0.3"])
+    argv = mb._child_argv(args, {"target_model": "t", "draft_model": "d",
+                                 "spec_method": "draft_model", "tensor_parallel_size": 1},
+                          "off", "graph", "c.json")
+    assert argv[argv.index("--adaptive-draft-length") + 1] == "1"
+    assert argv[argv.index("--confidence-threshold") + 1] == "0.3"
+    # and the jq walker reads ncu_metrics when they are there
+    assert jq_path({"summary": {"per_mode": [{"ncu_metrics": {"dram__bytes_write.sum": 7}}]}},
+                   JQ_PATHS[3]) == 7
