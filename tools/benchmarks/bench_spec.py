@@ -26,6 +26,17 @@ def _spec_counts(llm) -> tuple[int, int]:
             int(m.get("vllm:spec_decode_num_accepted_tokens", 0)))
 
 
+def _controller(llm):
+    """Steps the adaptive draft length controller decided so far, per kind and per k."""
+    ctl = llm.llm_engine.adaptive
+    if ctl is None:
+        return None
+    st = ctl.stats
+    out = {"steps_spec": st.steps_spec, "steps_plain": st.steps_plain, "probes": st.probes}
+    out.update({f"k{k}": n for k, n in st.k_hist.items()})
+    return out
+
+
 def run_engine(name, llm, sets, batches, temps, max_tokens, rows):
     for kind, prompts in sets.items():
         for b in batches:
@@ -36,19 +47,24 @@ def run_engine(name, llm, sets, batches, temps, max_tokens, rows):
                 llm.generate(batch[:min(b, 4)], SamplingParams(temperature=t, max_tokens=8),
                              use_tqdm=False)        # warm-up
                 d0, a0 = _spec_counts(llm)
+                c0 = _controller(llm)
                 with Timer() as tm:
                     outs = llm.generate(batch, sp, use_tqdm=False)
                 d1, a1 = _spec_counts(llm)
+                c1 = _controller(llm)
                 n = sum(len(o.outputs[0].token_ids) for o in outs)
                 drafts, acc = d1 - d0, a1 - a0
                 row = {"engine": name, "prompts": kind, "batch": b, "temperature": t,
                        "output_tokens": n, "seconds": tm.s, "tokens_per_s": n / tm.s,
                        "verify_windows": drafts, "accepted_tokens": acc,
                        "mean_acceptance_length": (1 + acc / drafts) if drafts else None}
+                if c0 is not None:      # what the adaptive controller chose in this run
+                    row["adaptive"] = {key: c1[key] - c0.get(key, 0) for key in c1}
                 rows.append(row)
                 mal = row["mean_acceptance_length"]
                 print(f"{name:18s} {kind:5s} b={b:3d} T={t}: {row['tokens_per_s']:8.0f} tok/s"
-                      + (f"  mean acc len {mal:.2f}" if mal else ""))
+                      + (f"  mean acc len {mal:.2f}" if mal else "")
+                      + (f"  controller {row['adaptive']}" if c0 is not None else ""))
 
 
 def hf_assisted(model: str, sets: dict, max_tokens: int, ks: list[int]) -> list[dict]:
@@ -91,7 +107,9 @@ def main():
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--temperatures", default="0,0.7")
     ap.add_argument("--ks", default="2,4,8")
-    ap.add_argument("--methods", default="none,ngram,draft_model")
+    ap.add_argument("--methods", default="none,ngram,draft_model",
+                    help="comma list of none, ngram, draft_model, ngram-adaptive, "
+                         "draft_model-adaptive")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--hf", action="store_true", help="also run transformers (batch 1)")
@@ -103,14 +121,21 @@ def main():
     res = {"config": {**run_metadata(), **vars(args)}, "rows": []}
     tokenizer = None
     for method in args.methods.split(","):
-        # no-spec runs twice, synchronous and asynchronous scheduling; speculative engines
-        # run synchronous steps (the engine logs why).
-        for k, asy in ([(0, False), (0, True)] if method == "none" else [(k, False) for k in ks]):
+        # no-spec runs twice, synchronous and asynchronous scheduling; fixed-k speculative
+        # engines run synchronous steps (the engine logs why); "<method>-adaptive" picks k per
+        # step (adaptive_draft_length) and runs its steps without drafts asynchronously.
+        base, adaptive = method.removesuffix("-adaptive"), method.endswith("-adaptive")
+        for k, asy in ([(0, False), (0, True)] if method == "none" else
+                       [(k, adaptive) for k in ks]):
             spec = None
-            if method == "ngram":
+            if base == "ngram":
                 spec = {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3}
-            elif method == "draft_model":
+            elif base == "draft_model":
                 spec = {"method": "draft_model", "model": args.model, "num_speculative_tokens": k}
+            elif base != "none":
+                raise SystemExit(f"unknown method {method!r}")
+            if spec is not None and adaptive:
+                spec["adaptive_draft_length"] = True
             llm = LLM(args.model, max_model_len=args.max_model_len, max_num_seqs=max(batches),
                       gpu_memory_utilization=0.4, speculative_config=spec,
                       async_scheduling=asy)

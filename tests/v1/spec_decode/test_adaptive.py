@@ -228,3 +228,56 @@ def test_caps_are_never_exceeded(target):
     llm.generate(_prompts(3), _params(3), use_tqdm=False)
     assert seen and max(seen) == 1
     assert np.mean(seen) == 1.0
+
+
+def test_acceptance_switch_is_tracked():
+    """k falls to 0 under acceptance ~0, rises to k_max under ~1, and follows a switch."""
+    cost = {n: 1e-3 * max(1.0, n / 64) for n in (1, 2, 4, 8, 16, 32, 64, 128)}
+    ctl = AdaptiveDraftController(4, cost)
+    ids = [f"r{i}" for i in range(8)]
+    ctl.observe_step(False, 8, 8, 1.0e-3)
+    ctl.observe_step(True, 8, 40, 1.3e-3)
+    _feed(ctl, ids, 1.0, windows=10)
+    assert ctl.decide(8, ids) == {rid: 4 for rid in ids}
+    _feed(ctl, ids, 0.0, windows=10)
+    assert ctl.decide(8, ids) == {}
+    _feed(ctl, ids, 1.0, windows=10)       # what a probe step would observe
+    assert ctl.decide(8, ids) == {rid: 4 for rid in ids}
+
+
+def _two_sample_chi2(a: list[int], b: list[int], bins: int) -> float:
+    ca, cb = np.bincount(a, minlength=bins), np.bincount(b, minlength=bins)
+    keep = (ca + cb) > 0
+    ca, cb = ca[keep].astype(float), cb[keep].astype(float)
+    na, nb = ca.sum(), cb.sum()
+    ka, kb = np.sqrt(nb / na), np.sqrt(na / nb)
+    return float(((ka * ca - kb * cb) ** 2 / (ca + cb)).sum())
+
+
+def test_temperature_one_follows_the_target_distribution_with_adaptive_steps():
+    """Sampled output with adaptive speculation (per-request lengths 0..k chosen at random each
+    step, plain steps asynchronous) has the no-spec distribution at every position."""
+    small = tiny_model("llama", vocab_size=16, seed=3)
+    prompt = {"prompt_token_ids": [5, 6, 7, 5, 6, 7, 5]}
+    n_req, k = 2500, 3
+    params = [SamplingParams(temperature=1.0, seed=i, max_tokens=4, ignore_eos=True)
+              for i in range(n_req)]
+    ref = LLM(small, enforce_eager=True, max_num_seqs=256)
+    base = [o.outputs[0].token_ids for o in ref.generate([prompt] * n_req, params,
+                                                         use_tqdm=False)]
+    llm = LLM(small, enforce_eager=True, max_num_seqs=256, async_scheduling=True,
+              speculative_config={"method": "draft_model", "model": small,
+                                  "num_speculative_tokens": k, "adaptive_draft_length": True})
+    rng = random.Random(0)
+    llm.llm_engine.adaptive.decide = lambda n, ids: {r: rng.randint(0, k) for r in ids}
+    outs = [o.outputs[0].token_ids for o in llm.generate([prompt] * n_req, params,
+                                                         use_tqdm=False)]
+    m = llm.get_metrics_dict()
+    assert m["vllm:spec_decode_num_drafts"] > n_req // 2
+    assert 0 < m["vllm:spec_decode_num_accepted_tokens"] < m["vllm:spec_decode_num_draft_tokens"]
+    for pos in range(4):
+        # 15 degrees of freedom: P(chi2 > 52) ~ 5e-6 when both samples share a distribution
+        assert _two_sample_chi2([o[pos] for o in outs], [o[pos] for o in base], 16) < 52.0
+    # the check has power: a distribution one token off fails it
+    shifted = [(o[1] + 1) % 16 for o in base]
+    assert _two_sample_chi2([o[1] for o in outs], shifted, 16) > 52.0
