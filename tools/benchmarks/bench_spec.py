@@ -44,8 +44,10 @@ def run_engine(name, llm, sets, batches, temps, max_tokens, rows):
             for t in temps:
                 sp = SamplingParams(temperature=t, seed=0 if t > 0 else None,
                                     max_tokens=max_tokens, ignore_eos=True)
-                llm.generate(batch[:min(b, 4)], SamplingParams(temperature=t, max_tokens=8),
-                             use_tqdm=False)        # warm-up
+                # warm-up at the full batch: every kernel shape of the run is compiled, and
+                # an adaptive engine has seen this batch size (a server runs for hours)
+                llm.generate(batch, SamplingParams(temperature=t, max_tokens=32,
+                                                   ignore_eos=True), use_tqdm=False)
                 d0, a0 = _spec_counts(llm)
                 c0 = _controller(llm)
                 with Timer() as tm:

@@ -9,8 +9,8 @@ import pytest
 from models_util import tiny_model
 from spec_util import save_random_eagle_head
 from vllm import LLM, SamplingParams
-from vllm.v1.spec_decode.adaptive import (PROBE_MAX, PROBE_MIN, AdaptiveDraftController,
-                                          bucket)
+from vllm.v1.spec_decode.adaptive import (PROBE_BUDGET, PROBE_MAX, PROBE_MIN, PROBE_REQS,
+                                          AdaptiveDraftController, bucket)
 
 # A memory-bound verify: flat until 64 tokens, then linear (seconds).
 FLAT = {n: 1e-3 * max(1.0, n / 64) for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
@@ -94,7 +94,7 @@ def test_probe_interval_backs_off_and_resets():
     ids = ["x"]
     _feed(ctl, ids, 0.0)
     ctl.observe_step(False, 1, 1, 1e-3)
-    ctl.observe_step(True, 1, 5, 5e-3)
+    ctl.observe_step(True, 1, 5, 1.1e-3)    # a probe costs 0.1 ms: cheap enough for PROBE_MIN
     decisions = [ctl.decide(1, ids) for _ in range(PROBE_MIN)]
     assert decisions[:-1] == [{}] * (PROBE_MIN - 1)
     assert decisions[-1] == {"x": 4}                 # the probe: full length
@@ -109,6 +109,35 @@ def test_probe_interval_backs_off_and_resets():
         if ctl.decide(1, ids):
             break
     assert ctl.decide(1, ids) and ctl.probe == PROBE_MIN
+
+
+def test_probes_are_rare_where_costly_small_and_absent_where_hopeless():
+    ids = [f"r{i}" for i in range(64)]
+    flat = {1: 1e-3, 512: 1e-3}                  # verify time independent of the tokens
+    ctl = AdaptiveDraftController(4, flat)
+    _feed(ctl, ids, 0.0)
+    ctl.observe_step(False, 64, 64, 1e-3)
+    ctl.observe_step(True, 64, 320, 3e-3)      # a spec step costs 3 plain steps
+    runs = [ctl.decide(64, ids) for _ in range(300)]
+    probes = [r for r in runs if r]
+    assert probes and all(len(p) == PROBE_REQS for p in probes)
+    first = next(i for i, r in enumerate(runs) if r)
+    assert first + 1 >= 2e-3 / (PROBE_BUDGET * 1e-3)      # probe cost <= the budget
+    assert len({rid for p in probes for rid in p}) == PROBE_REQS * len(probes)   # rotating
+    # a spec step 10x the plain one cannot win even with every draft accepted (k + 1 = 5
+    # tokens per request): no probe at all
+    ctl2 = AdaptiveDraftController(4, flat)
+    _feed(ctl2, ids, 0.0)
+    ctl2.observe_step(False, 64, 64, 1e-3)
+    ctl2.observe_step(True, 64, 320, 10e-3)
+    assert not any(ctl2.decide(64, ids) for _ in range(2000))
+
+
+def test_unmeasured_bucket_borrows_the_nearest_per_request_cost():
+    ctl = AdaptiveDraftController(4, FLAT)
+    ctl.observe_step(True, 8, 40, 1e-3 + 8e-4)             # 0.1 ms residual per request
+    assert ctl._per_bucket(ctl.residual, 8) == pytest.approx(8e-4)
+    assert ctl._per_bucket(ctl.residual, 64) == pytest.approx(64e-4)
 
 
 def test_unmeasured_modes_start_optimistic_so_both_get_measured():

@@ -69,6 +69,7 @@ class LLMEngine:
         self.adaptive = self._make_adaptive()
         self._offered: dict[str, int] = {}     # per request: drafts offered for the next step
         self._caps: Optional[dict[str, int]] = None   # decided ahead of _draft (async mode)
+        self._probe_step = False                # the next step is the controller's probe
         # The step being timed for the controller: [speculative, batch, tokens, start, draft
         # seconds, usable]; its period ends when the next step starts.
         self._timing: Optional[list] = None
@@ -255,7 +256,9 @@ class LLMEngine:
         self.stats.num_preemptions = self.scheduler.num_preemptions
         if self.adaptive is not None and so.reqs:
             # Only decode steps (one token per request plus its drafts) teach the cost model.
-            decode = so.num_tokens == len(so.reqs) + so.num_spec_tokens
+            # A probe drafts for a few requests only: its cost says nothing of a full step.
+            decode = so.num_tokens == len(so.reqs) + so.num_spec_tokens and not self._probe_step
+            self._probe_step = False
             self._timing = [so.num_spec_tokens > 0, len(so.reqs), so.num_tokens,
                             time.perf_counter(), 0.0, decode]
         return so
@@ -275,6 +278,7 @@ class LLMEngine:
         ids = [r.request_id for r in sched.running
                if r.num_computed_tokens >= r.num_prompt_tokens and _may_draft(r)]
         caps = self.adaptive.decide(len(sched.running), ids)
+        self._probe_step = self.adaptive.probing
         self._caps = caps or None
         return bool(caps)
 
@@ -336,6 +340,7 @@ class LLMEngine:
             decided, self._caps = self._caps, None
             if decided is None:
                 decided = self.adaptive.decide(len(running), [r.request_id for r in reqs])
+                self._probe_step = self.adaptive.probing
             if not decided:
                 return      # k = 0: the next step does not speculate
             # a request that finished its prefill since the decision gets the batch's length

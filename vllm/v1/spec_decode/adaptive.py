@@ -16,9 +16,12 @@ steps per batch-size bucket (host work, the sync, the drafter).
 k = 0 is chosen whenever the best speculative estimate does not beat the plain step: the engine
 then runs those steps exactly as without speculation (asynchronously), so speculation never
 makes it slower than not speculating for long. While k = 0, acceptance is not observed, so a
-probe step speculates every `probe` plain steps; the interval doubles each time the probe
-confirms k = 0 (up to PROBE_MAX) and resets when speculation wins. Unmeasured costs start
-optimistic (spec: no residual; plain: the bare forward), so both modes get measured early.
+probe step drafts for a few requests (PROBE_REQS, rotating) every `probe` plain steps; the
+interval doubles each time the probe confirms k = 0 (up to PROBE_MAX), is never so short that
+probes cost more than PROBE_BUDGET of the time, resets when speculation wins, and probing stops
+where even acceptance 1 could not beat the plain step. Unmeasured costs start optimistic (spec:
+no residual; plain: the bare forward), so both modes get measured early; a batch-size bucket
+not measured yet borrows the nearest measured bucket's per-request costs.
 
 Per request, the batch's k is then trimmed: draft j of request r is worth m_r * a_r^j tokens
 and costs the marginal verify time of one more token, so it is kept only while that beats the
@@ -33,7 +36,9 @@ from typing import Optional
 import numpy as np
 
 PROBE_MIN = 8
-PROBE_MAX = 256
+PROBE_MAX = 1024
+PROBE_REQS = 8         # a probe drafts for at most this many requests (rotating)
+PROBE_BUDGET = 0.02    # probes may cost at most ~2% of the plain steps' time
 DECAY = 0.8            # acceptance memory: ~5 verify windows per request
 TIME_WEIGHT = 0.2      # EWMA weight of a new step-time sample
 PRIOR_WEIGHT = 2.0     # pseudo-observations of the batch-wide rate behind each request's rate
@@ -93,6 +98,8 @@ class AdaptiveDraftController:
         self.probe = PROBE_MIN
         self.plain_run = 0          # consecutive steps decided plain
         self._probing = False
+        self.probing = False        # the last decision was a probe (its step is not typical)
+        self._probe_next = 0        # rotation of the requests a probe drafts for
         self.stats = AdaptiveStats()
 
     # ------------------------------------------------------------------ costs
@@ -110,11 +117,22 @@ class AdaptiveDraftController:
         x0, x1, y0, y1 = s[i - 1], s[i], t[i - 1], t[i]
         return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
 
-    def _draft_cost(self, b: int, k: int) -> float:
-        d = self.draft_time.get(b)
-        if d is None or d.value is None:
+    @staticmethod
+    def _per_bucket(table: dict, batch: int) -> float:
+        """The bucket's measured value; else the nearest measured bucket's, scaled by the
+        batch size (host work grows with the requests); 0 when nothing is measured."""
+        b = bucket(batch)
+        e = table.get(b)
+        if e is not None:
+            return e.value
+        if not table:
             return 0.0
-        return d.value * k if self.draft_scales_with_k else d.value
+        near = min(table, key=lambda x: abs(x - b))
+        return table[near].value * batch / (1 << (near - 1))
+
+    def _draft_cost(self, batch: int, k: int) -> float:
+        d = self._per_bucket(self.draft_time, batch)
+        return d * k if self.draft_scales_with_k else d
 
     # ------------------------------------------------------------------ observations
     def observe_window(self, req_id: str, offered: int, drafted: int, accepted: int) -> None:
@@ -161,30 +179,43 @@ class AdaptiveDraftController:
             m[i] = (acc.matched + PRIOR_WEIGHT * gm) / (acc.asked + PRIOR_WEIGHT)
         return np.clip(a, 0.0, 0.999), np.clip(m, 0.0, 1.0)
 
-    def estimate(self, num_running: int, req_ids: list[str]):
+    def estimate(self, num_running: int, req_ids: list[str], rates=None):
         """-> (best k, its tokens/s, plain tokens/s, per-request caps at that k)."""
-        B, b = max(num_running, 1), bucket(num_running)
-        a, m = self._rates(req_ids)
+        B = max(num_running, 1)
+        a, m = self._rates(req_ids) if rates is None else rates
         ks = np.arange(1, self.k_max + 1)
         # geometric sums a + a^2 + ... + a^k for every request and k: [E, K]
         pw = np.cumsum(a[:, None] ** ks[None, :], axis=1)
         tokens = B + (m[:, None] * pw).sum(axis=0)                  # [K]
         n = B + m.sum() * ks                                         # [K]
-        res = self.residual.get(b)
-        resid = res.value if res is not None and res.value is not None else 0.0
-        t = np.array([self.verify_cost(x) for x in n]) + resid + \
-            np.array([self._draft_cost(b, int(k)) for k in ks])
-        rate = tokens / np.maximum(t, 1e-9)
+        resid = self._per_bucket(self.residual, B)
+        t = np.array([self.verify_cost(x) + self._draft_cost(B, int(k)) for x, k in zip(n, ks)])
+        rate = tokens / np.maximum(t + resid, 1e-9)
         i = int(np.argmax(rate))
         k, r_spec = int(ks[i]), float(rate[i])
-        pp = self.plain_period.get(b)
-        plain_t = pp.value if pp is not None and pp.value is not None else self.verify_cost(B)
+        pp = self.plain_period.get(bucket(B))
+        plain_t = pp.value if pp is not None else self.verify_cost(B)
         r_plain = B / max(plain_t, 1e-9)
         # marginal verify seconds of one more token at this size
         slope = (self.verify_cost(n[i] + B) - self.verify_cost(n[i])) / B
         worth = m[:, None] * (a[:, None] ** ks[None, :k]) >= r_spec * slope      # [E, k]
         caps = np.cumprod(worth, axis=1).sum(axis=1)
         return k, r_spec, r_plain, caps
+
+    def _probe_interval(self, num_running: int, req_ids: list[str], r_plain: float) -> int:
+        """Plain steps between probes: the backed-off interval, long enough that a probe
+        (bounded by a full speculative step) costs at most PROBE_BUDGET; 0 = never probe
+        (even if every draft were accepted, speculation could not beat the plain step)."""
+        E = len(req_ids)
+        _, best, _, _ = self.estimate(num_running, req_ids, (np.full(E, 0.999), np.ones(E)))
+        if best <= r_plain * (1 + PLAIN_MARGIN):
+            return 0
+        B = max(num_running, 1)
+        plain_t = B / r_plain
+        spec_t = (self.verify_cost(B * (1 + self.k_max)) + self._per_bucket(self.residual, B)
+                  + self._draft_cost(B, self.k_max))
+        by_cost = int(np.ceil(max(spec_t - plain_t, 0.0) / (PROBE_BUDGET * plain_t)))
+        return max(self.probe, min(by_cost, PROBE_MAX))
 
     def decide(self, num_running: int, req_ids: list[str]) -> dict[str, int]:
         """Caps for the next step's drafts of req_ids (the requests that can draft), out of
@@ -193,6 +224,7 @@ class AdaptiveDraftController:
             return {}
         k, r_spec, r_plain, caps = self.estimate(num_running, req_ids)
         was_probe, self._probing = self._probing, False
+        self.probing = False
         if r_spec > r_plain * (1 + PLAIN_MARGIN) and caps.any():
             if was_probe or self.plain_run:
                 self.probe = PROBE_MIN
@@ -203,14 +235,19 @@ class AdaptiveDraftController:
         if was_probe:
             self.probe = min(self.probe * 2, PROBE_MAX)
         self.plain_run += 1
-        if self.plain_run >= self.probe:
-            # refresh acceptance: one speculative step at the full length
+        interval = self._probe_interval(num_running, req_ids, r_plain)
+        if interval and self.plain_run >= interval:
+            # refresh acceptance: a few requests draft at the full length
             self.plain_run = 0
-            self._probing = True
+            self._probing = self.probing = True
             self.stats.probes += 1
             self.stats.steps_spec += 1
             self.stats.k_hist[self.k_max] += 1
-            return {rid: self.k_max for rid in req_ids}
+            n = min(PROBE_REQS, len(req_ids))
+            start = self._probe_next % len(req_ids)
+            self._probe_next += n
+            chosen = (req_ids + req_ids)[start:start + n]
+            return {rid: self.k_max for rid in chosen}
         self.stats.steps_plain += 1
         self.stats.k_hist[0] += 1
         return {}
