@@ -419,3 +419,82 @@ def test_adaptive_run_writes_fields_and_answers_jq(tmp_path, capsys):
     # and the jq walker reads ncu_metrics when they are there
     assert jq_path({"summary": {"per_mode": [{"ncu_metrics": {"dram__bytes_write.sum": 7}}]}},
                    JQ_PATHS[3]) == 7
+
+
+# --- resume: interrupt, rerun, nothing recomputed, nothing missing -----------------------------
+def _procs_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains text (this test's unique folder)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(d))
+        except OSError:
+            pass
+    return pids
+
+
+def test_interrupted_grid_resumes_without_recomputing(tmp_path):
+    """The --quick adaptive grid (4 runs) on the tiny CPU model: SIGTERM to the script's process
+    group once the first result exists, then a rerun. The finished result is kept as it was
+    (same inode, same mtime), nothing half-written is left, the rerun fills in the rest."""
+    out = tmp_path / "sweeps"
+    grid = out / "adaptive_grid"
+    argv = ["bash", os.path.join(EXP, "run_adaptive_grid.sh"), "--quick", "--out-dir", str(out),
+            "--", "--scenario", "synthetic", "--requests", "2", "--batches", "1", "--warmup",
+            "0", "--max-tokens", "8", "--scv-modes", "off", "--cpu-threads", "1"]
+    env = dict(os.environ, TARGET_MODEL=tiny_model("llama"), PYTHON=sys.executable)
+    for name in ("OUT_DIR", "TENSOR_PARALLEL_SIZE", "LLAMA", "DRAFT_MODEL"):
+        env.pop(name, None)
+    names = ["run1_r12_t64_temp0.0_d10_adaptive0.json", "run1_r12_t64_temp0.0_d10_adaptive1.json",
+             "run4_r12_t64_temp0.7_d10_adaptive0.json", "run4_r12_t64_temp0.7_d10_adaptive1.json"]
+    first = grid / names[0]
+    p = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not first.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first.exists() and p.poll() is None, (grid / "experiment.log").read_text()
+        os.killpg(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=90) == 128 + signal.SIGTERM
+        # the running microbench went with it (it runs under `timeout`, its own group)
+        deadline = time.monotonic() + 60
+        while _procs_mentioning(str(out)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _procs_mentioning(str(out))
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        for pid in _procs_mentioning(str(out)):
+            os.kill(pid, signal.SIGKILL)
+    log = (grid / "experiment.log").read_text()
+    assert "interrupted (SIGTERM) during" in log
+    # whatever exists is a whole result (written with tmp file + os.replace)
+    done = {}
+    for path in grid.glob("*.json"):
+        doc = json.loads(path.read_text())
+        assert all("error" not in e for e in doc["summary"]["per_mode"])
+        st = path.stat()
+        done[path.name] = (st.st_ino, st.st_mtime_ns)
+    assert names[0] in done and len(done) < len(names)
+    assert not (grid / "summary.md").exists()               # an interrupted grid has none
+
+    p = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    for name, (ino, mtime) in done.items():                 # nothing recomputed
+        st = (grid / name).stat()
+        assert (st.st_ino, st.st_mtime_ns) == (ino, mtime), name
+        assert f"skip (done): {grid / name}" in p.stdout
+    assert sorted(x.name for x in grid.glob("*.json") if x.name != "summary.json") == names
+    for name in names:                                      # nothing missing
+        doc = json.loads((grid / name).read_text())
+        e = doc["summary"]["per_mode"][0]
+        assert "error" not in e and e["latency_avg_s"] > 0
+        assert (e["adaptive_stats"] is None) == name.endswith("adaptive0.json")
+    assert not list(grid.glob("*.tmp"))
+    md = (grid / "summary.md").read_text()
+    assert all(f"| {n} |" in md for n in names) and "controller's decisions" in md

@@ -40,7 +40,7 @@ summarize.py). The --llama part: DIR/adaptive_grid_llama8b/run{N}_acc{A}_r{R}_t1
 adaptive{A}.json and the same summary.
 
 Environment (defaults in brackets):
-  TARGET_MODEL          target model (--target-model)    [the engine's default, SmolLM2-135M-Instruct]
+  TARGET_MODEL          target model                     [the engine's default, SmolLM2-135M-Instruct]
   SPEC_METHOD           ngram | draft_model | eagle      [ngram: no trained EAGLE head exists yet]
   DRAFT_MODEL           drafter of draft_model / eagle   [the target itself]
   TENSOR_PARALLEL_SIZE  tensor-parallel size, both parts [1]

@@ -46,7 +46,7 @@ CSVs, ncu logs); experiment.log (grep "Confidence early exit stats"); summary.md
 threshold).
 
 Environment (defaults in brackets):
-  TARGET_MODEL          target model (--target-model)    [the engine's default, SmolLM2-135M-Instruct]
+  TARGET_MODEL          target model                     [the engine's default, SmolLM2-135M-Instruct]
   SPEC_METHOD           draft_model | eagle              [draft_model]
   DRAFT_MODEL           the drafter                      [the target itself]
   TENSOR_PARALLEL_SIZE  tensor-parallel size             [1]

@@ -34,7 +34,7 @@ scenario_c_high_throughput.json, scenario_d_creative_writing.json and their *_ba
 twins, experiment.log, summary.md / .csv / .json (each scenario vs its baseline), plots/.
 
 Environment (defaults in brackets):
-  TARGET_MODEL          target model (--target-model)    [the engine's default, SmolLM2-135M-Instruct]
+  TARGET_MODEL          target model                     [the engine's default, SmolLM2-135M-Instruct]
   SPEC_METHOD           every scenario's drafter         [ngram; C: draft_model]
   DRAFT_MODEL           drafter of draft_model / eagle   [the target itself]
   TENSOR_PARALLEL_SIZE  tensor-parallel size             [1]
