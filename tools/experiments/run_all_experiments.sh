@@ -5,8 +5,8 @@ set -uo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: tools/experiments/run_all_experiments.sh [--quick] [--dry-run] [--force] [--out-dir DIR]
-                                                [-- extra run_nwor_microbench flags]
+Usage: tools/experiments/run_all_experiments.sh [--quick] [--llama] [--dry-run] [--force]
+                                                [--out-dir DIR] [-- extra microbench flags]
 
 Runs, in this order, each with the same flags (see their --help):
   tools/experiments/run_adaptive_grid.sh      -> DIR/adaptive_grid/     (108 runs; --quick 4)
@@ -17,13 +17,17 @@ and logs the session to DIR/master_experiment.log. A failed run does not stop th
 the exit status is non-zero if any failed. Finished runs are skipped (resume) unless --force.
 
   --quick      the reduced grids: 10 runs, about 7 minutes on one H200
+  --llama      also the adaptive grid's Llama-3-8B-shapes part (dummy weights, CONTROLLED
+               acceptance) -> DIR/adaptive_grid_llama8b/ (36 runs; --quick 4, about 4 more
+               minutes); the other two scripts have no such part (their --help says why)
   --dry-run    print every command (one per line) and run nothing
   --force      re-run finished runs
   --out-dir    results root (default: sweeps/)
   -h, --help   this text
 
-Environment: TARGET_MODEL, DRAFT_MODEL, SPEC_METHOD, TENSOR_PARALLEL_SIZE, NCU, NCU_PATH,
-PYTHON, ... as documented by each script (docs/experiments.md).
+Environment: TARGET_MODEL, DRAFT_MODEL, SPEC_METHOD, TENSOR_PARALLEL_SIZE, LLAMA (1 = --llama),
+LLAMA_MODEL, NCU, NCU_PATH, PYTHON, ... as documented by each script (docs/experiments.md).
+Ctrl-C / kill stops the running microbench too; finished results stay, a rerun resumes.
 USAGE
 }
 
@@ -34,9 +38,11 @@ FWD=(--out-dir "$OUT_ROOT")
 if [ "$QUICK" = 1 ]; then FWD+=(--quick); fi
 if [ "$DRY_RUN" = 1 ]; then FWD+=(--dry-run); fi
 if [ "$FORCE" = 1 ]; then FWD+=(--force); fi
+if [ "$LLAMA" = 1 ]; then FWD+=(--llama); fi
 if [ ${#EXTRA[@]} -gt 0 ]; then FWD+=(-- "${EXTRA[@]}"); fi
 HERE="$ROOT/tools/experiments"
 MASTER="$OUT_ROOT/master_experiment.log"
+LOG=$MASTER             # where _lib.sh's log (the interrupt message) writes
 if [ "$DRY_RUN" = 0 ]; then mkdir -p "$OUT_ROOT"; fi
 
 say() {
@@ -51,8 +57,13 @@ for script in run_adaptive_grid.sh run_early_exit_grid.sh run_oneoff_scenarios.s
   if [ "$DRY_RUN" = 1 ]; then
     bash "$HERE/$script" "${FWD[@]}" || rc=1
   else
-    bash "$HERE/$script" "${FWD[@]}" 2>&1 | tee -a "$MASTER"
-    status=${PIPESTATUS[0]}
+    # in the background so that an interrupt reaches this script's trap (_lib.sh), which
+    # passes it on to the grid script (and that to its microbench)
+    bash "$HERE/$script" "${FWD[@]}" > >(tee -a "$MASTER") 2>&1 &
+    CHILD=$! CURRENT=$script
+    status=0
+    wait "$CHILD" || status=$?
+    CHILD="" CURRENT=""
     [ "$status" = 0 ] || rc=1
     say "== $script finished (exit $status, $((SECONDS - t0)) s)"
   fi

@@ -7,8 +7,8 @@ set -euo pipefail
 
 usage() {
   cat <<'USAGE'
-Usage: tools/experiments/run_early_exit_grid.sh [--quick] [--dry-run] [--force] [--out-dir DIR]
-                                                [-- extra run_nwor_microbench flags]
+Usage: tools/experiments/run_early_exit_grid.sh [--quick] [--llama] [--dry-run] [--force]
+                                                [--out-dir DIR] [-- extra microbench flags]
 
 Confidence early exit (the microbench's --confidence-threshold X): a model drafter stops a
 request's draft once its top-1 probability falls below X. Grid, N in this order:
@@ -29,6 +29,9 @@ drafter.
   --quick      thresholds 0.0 and 0.5, T 0.0, short only, 1 measured batch, ncu (if found) on
                the KV-write / commit kernels only, at most 60 of them per run: 2 runs, about
                3 minutes on one H200 (the ncu numbers are a plumbing check, not a result)
+  --llama      accepted (run_all passes it on) but adds nothing here: the threshold acts on the
+               drafter's top-1 probability, and a dummy-weight drafter has none worth
+               measuring (near-uniform over 128k tokens: every draft stops at once)
   --dry-run    print the commands (one per line) and run nothing
   --force      re-run points whose JSON already exists (default: skip them: resume)
   --out-dir    results root (default: sweeps/); this grid writes DIR/early_exit_grid/
@@ -38,8 +41,9 @@ Output: DIR/early_exit_grid/run{N}_r{R}_t{T}_temp{TEMP}_thresh{X}.json, with
 .summary.per_mode[0].ncu_metrics."dram__bytes_write.sum" (whole decode steps; see
 ncu_metrics.totals_cover) and spec_draft_tokens_short_of_k (the tokens the threshold stopped,
 plus drafts cut by max_tokens, the same in every run of a point); run{N}_..._ncu/ (reports,
-CSVs, ncu logs); experiment.log (grep "Confidence early exit stats"); summary.csv / .json
-(each threshold vs its threshold-0.0 twin).
+CSVs, ncu logs); experiment.log (grep "Confidence early exit stats"); summary.md / .csv / .json
+(each threshold vs its threshold-0.0 twin) and plots/*.png (latency and DRAM writes vs
+threshold).
 
 Environment (defaults in brackets):
   TARGET_MODEL          target model                     [the engine's default, SmolLM2-135M-Instruct]
@@ -79,6 +83,9 @@ METHOD=${SPEC_METHOD:-draft_model}
 drafter_args "$METHOD"
 
 setup_grid early_exit_grid
+if [ "$LLAMA" = 1 ]; then
+  log "--llama: this grid has no Llama-3-8B-shapes part: dummy weights give the drafter no meaningful confidence"
+fi
 if ncu_available; then
   NCU_FLAGS=(--ncu --ncu-passes "${NCU_PASSES:-steps,kernels}"
              --ncu-timeout "${NCU_TIMEOUT:-3600}" ${NCU_PATH:+--ncu-path "$NCU_PATH"}

@@ -24,6 +24,7 @@ import os
 import sys
 import time
 import traceback
+from typing import Optional
 
 from tools import common
 from tools.profiling import byte_model
@@ -204,6 +205,31 @@ def _delta(before: dict, after: dict) -> dict:
     return out
 
 
+def adaptive_snapshot(controller) -> Optional[dict]:
+    """The adaptive draft length controller's decisions so far (None: adaptive off):
+    steps_spec (speculative steps, probes included), steps_plain (steps it ran without drafts),
+    probes, k_hist {batch k chosen: steps} (k = 0: plain)."""
+    if controller is None:
+        return None
+    s = controller.stats
+    return {"steps_spec": int(s.steps_spec), "steps_plain": int(s.steps_plain),
+            "probes": int(s.probes),
+            "k_hist": {str(k): int(n) for k, n in sorted(s.k_hist.items())}}
+
+
+def adaptive_delta(before: Optional[dict], after: Optional[dict]) -> Optional[dict]:
+    """after - before (the measured batches only, like the counters); k values with no steps
+    in between are left out."""
+    if after is None:
+        return None
+    before = before or {"steps_spec": 0, "steps_plain": 0, "probes": 0, "k_hist": {}}
+    hist = {k: n - before["k_hist"].get(k, 0) for k, n in after["k_hist"].items()}
+    return {"steps_spec": after["steps_spec"] - before["steps_spec"],
+            "steps_plain": after["steps_plain"] - before["steps_plain"],
+            "probes": after["probes"] - before["probes"],
+            "k_hist": {k: n for k, n in sorted(hist.items(), key=lambda kv: int(kv[0])) if n}}
+
+
 def _prompt_pool(args, vocab_size: int) -> list:
     if args.prompts_file:
         return prompt_sets.load_file(args.prompts_file)
@@ -257,6 +283,7 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
         warmup_s = time.perf_counter() - t_w
         steps_w = eng.stats.num_steps
         before = llm.get_metrics_dict()
+        adaptive_before = adaptive_snapshot(eng.adaptive)
         if profile_measured and torch.cuda.is_available():
             torch.cuda.profiler.start()          # cudaProfilerStart: ncu --profile-from-start off
         lat, toks = [], []
@@ -272,6 +299,7 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
         if profile_measured and torch.cuda.is_available():
             torch.cuda.profiler.stop()
         m = _delta(before, llm.get_metrics_dict())
+        adaptive_stats = adaptive_delta(adaptive_before, adaptive_snapshot(eng.adaptive))
         engine_steps = {"warmup": steps_w - steps0, "measured": eng.stats.num_steps - steps_w}
         geometry = byte_model.geometry_from_config(eng.config.model_config,
                                                    models["tensor_parallel_size"])
@@ -283,6 +311,7 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
     entry = per_mode_entry(args, nwor, scv, scv_effective, m, geometry, lat, toks, init_s,
                            warmup_s, spec=resolve_spec_config(args, models))
     entry["engine_steps"] = engine_steps
+    entry["adaptive_stats"] = adaptive_stats
     return entry
 
 
@@ -545,6 +574,11 @@ def main(argv=None) -> int:
             elif spec.adaptive_draft_length:
                 print(f"Adaptive draft length stats: {e['spec_draft_tokens_short_of_k']} of "
                       f"{slots} draft slots unused (decode steps x k - drafted, {where})")
+            a = e.get("adaptive_stats")
+            if a is not None:
+                print(f"Adaptive decisions ({where}): {a['steps_spec']} speculative steps "
+                      f"({a['probes']} probes), {a['steps_plain']} plain; batch k -> steps "
+                      f"{a['k_hist']}")
         print(f"\n{config['target_model']} | {models['spec_method']} k={args.draft_tokens} | "
               f"{args.scenario} x{args.requests} req x{args.batches} batches | "
               f"T={args.temperature} | adaptive={int(spec.adaptive_draft_length)} "
