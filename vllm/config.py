@@ -181,6 +181,10 @@ class SpeculativeConfig:
             if lo is not None or hi is not None:
                 raise ValueError("speculative_config.prompt_lookup_min/max apply to 'ngram' only")
             lo, hi = 1, 3
+            if method == "eagle" and model is None:
+                # the head shipped for this target (ValueError naming the field if none)
+                from vllm.v1.spec_decode.shipped import resolve_eagle_model
+                model = resolve_eagle_model(target_model)
             if not isinstance(model, str) or not model:
                 raise ValueError(f"speculative_config.model is required for method {method!r}")
         dtp = cfg.get("draft_tensor_parallel_size")
