@@ -91,7 +91,10 @@ def main():
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--temperatures", default="0,0.7")
     ap.add_argument("--ks", default="2,4,8")
-    ap.add_argument("--methods", default="none,ngram,draft_model")
+    ap.add_argument("--methods", default="none,ngram,draft_model",
+                    help="of none, ngram, draft_model, eagle")
+    ap.add_argument("--eagle-model", default=None,
+                    help="EAGLE head folder for method eagle (default: the shipped head)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--hf", action="store_true", help="also run transformers (batch 1)")
@@ -111,6 +114,11 @@ def main():
                 spec = {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3}
             elif method == "draft_model":
                 spec = {"method": "draft_model", "model": args.model, "num_speculative_tokens": k}
+            elif method == "eagle":
+                # --eagle-model, else the head shipped for the target
+                spec = {"method": "eagle", "num_speculative_tokens": k}
+                if args.eagle_model:
+                    spec["model"] = args.eagle_model
             llm = LLM(args.model, max_model_len=args.max_model_len, max_num_seqs=max(batches),
                       gpu_memory_utilization=0.4, speculative_config=spec,
                       async_scheduling=asy)

@@ -107,8 +107,12 @@ def lr_at(progress: float, lr: float, warmup: float = 0.03, floor: float = 0.1) 
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def plot_curve(steps, losses, out_png: str) -> None:
-    import matplotlib
+def plot_curve(steps, losses, out_png: str) -> bool:
+    """The loss curve as a PNG; False (and no file) where matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -120,6 +124,7 @@ def plot_curve(steps, losses, out_png: str) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
+    return True
 
 
 def parse_args(argv=None):
@@ -196,7 +201,7 @@ def main(argv=None) -> dict:
     train_s = time.perf_counter() - t0
     save_head(head, cfg, args.out, extra_config={"eagle_training": {
         "target": args.model, "steps": step, "seed": args.seed, "data": args.data}})
-    plot_curve(log_steps, log_loss, os.path.join(results, "loss_curve.png"))
+    png = plot_curve(log_steps, log_loss, os.path.join(results, "loss_curve.png"))
     tail = hist[-min(50, len(hist)):] if hist else []
 
     def mean(key, rows):
@@ -208,7 +213,7 @@ def main(argv=None) -> dict:
            "initial_loss": hist[0]["loss"] if hist else None,
            "final_loss": mean("loss", tail), "final_reg": mean("reg", tail),
            "final_cls": mean("cls", tail), "final_top1": mean("top1", tail),
-           "loss_curve": {"steps": log_steps, "loss": log_loss},
+           "loss_curve": {"steps": log_steps, "loss": log_loss}, "loss_curve_png": png,
            "head": os.path.abspath(args.out)}
     write_json(os.path.join(results, "train_result.json"), res)
     print(f"train: {step} steps in {train_s:.1f} s ({stopped_by}); loss {res['initial_loss']} "
