@@ -44,9 +44,13 @@ def parse_args(argv=None):
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--per-request-seeds", action="store_true",
+                    help="a seed per request (batch-independent, but each seeded row samples "
+                    "on its own: slower); default: the engine's one seeded generator")
     ap.add_argument("--chunk", type=int, default=1024, help="prompts per generate() call")
     ap.add_argument("--time-budget-s", type=float, default=None,
-                    help="stop starting new chunks after this many seconds (keeps the rest)")
+                    help="seconds from the start (engine load included) after which no new "
+                    "chunk starts; the first chunk always runs")
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.5)
@@ -74,14 +78,16 @@ def main(argv=None) -> dict:
     bar = tqdm(total=len(kept), desc="gen_data")
     stopped_early = False
     for c in range(0, len(kept), args.chunk):
-        if args.time_budget_s is not None and time.perf_counter() - t0 > args.time_budget_s:
+        if seqs and args.time_budget_s is not None and \
+                time.perf_counter() - t0 > args.time_budget_s:     # the first chunk always runs
             stopped_early = True
             break
         chunk = kept[c:c + args.chunk]
         params = [SamplingParams(temperature=args.temperature, top_p=args.top_p,
                                  max_tokens=args.max_tokens,
-                                 seed=args.seed * 1_000_003 + c + j if args.temperature > 0
-                                 else None) for j in range(len(chunk))]
+                                 seed=args.seed * 1_000_003 + c + j
+                                 if args.per_request_seeds and args.temperature > 0 else None)
+                  for j in range(len(chunk))]
         outs = llm.generate([{"prompt_token_ids": ids} for _, ids in chunk], params,
                             use_tqdm=False)
         for (text, ids), o in zip(chunk, outs):

@@ -72,6 +72,7 @@ def save_head(head: EagleHead, target_cfg, out_dir: str, dtype=torch.bfloat16,
     os.makedirs(out_dir, exist_ok=True)
     tensors = {n: t.detach().to("cpu", dtype).contiguous() for n, t in head_state_dict(head).items()}
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(os.path.join(out_dir, "model.safetensors"), 0o644)    # package data: readable
     cfg = head_config(target_cfg).to_dict()
     cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     cfg.update(extra_config or {})

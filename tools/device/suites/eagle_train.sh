@@ -3,7 +3,7 @@
 # One call (~9.5 min) on one H200 with the default model's GGUF halves (.gguf/smol.part00 carried
 # by the previous call, .gguf/smol.part01 by this one; joined and checked here). Carry .gguf and
 # .whl. Phases (time-boxed; budgets in seconds from the environment, defaults in brackets):
-#   gen:   tools.eagle.gen_data, EAGLE_NUM_PROMPTS [6000] prompts x EAGLE_MAX_TOKENS [256]
+#   gen:   tools.eagle.gen_data, EAGLE_NUM_PROMPTS [10000] prompts x EAGLE_MAX_TOKENS [256]
 #          response tokens, stops starting new chunks after EAGLE_GEN_BUDGET_S [120] (incl. load);
 #   train: tools.eagle.train for EAGLE_TRAIN_BUDGET_S [170] s of steps (plus ~15 s load / save),
 #          EAGLE_BATCH_TOKENS [16384] tokens a batch;
@@ -20,7 +20,7 @@ T0=$(date +%s)
 TOTAL=${EAGLE_TOTAL_S:-560}
 GEN=${EAGLE_GEN_BUDGET_S:-120}
 TRAIN=${EAGLE_TRAIN_BUDGET_S:-170}
-NUM_PROMPTS=${EAGLE_NUM_PROMPTS:-6000}
+NUM_PROMPTS=${EAGLE_NUM_PROMPTS:-10000}
 MAX_TOKENS=${EAGLE_MAX_TOKENS:-256}
 K=${EAGLE_K:-4}
 EVAL_PROMPTS=${EAGLE_EVAL_PROMPTS:-64}
