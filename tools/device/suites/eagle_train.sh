@@ -14,6 +14,8 @@
 # Results in $R (packed into $OUT/eagle_train.tar.gz by run.sh) and, plainly, the head in
 # $OUT/eagle_head/ (config.json, model.safetensors, SHA256SUMS) with loss_curve.png,
 # data_manifest.json, train_result.json, eval_acceptance.json, bench_spec.json beside it in $OUT.
+# EAGLE_GEN_ARGS / EAGLE_TRAIN_ARGS pass extra flags to gen_data / train. Without matplotlib on
+# the device there is no PNG: redraw it here with python3 -m tools.eagle.plot_loss.
 #   bash tools/device/run.sh eagle_train
 set -uo pipefail
 T0=$(date +%s)
@@ -25,6 +27,8 @@ MAX_TOKENS=${EAGLE_MAX_TOKENS:-256}
 K=${EAGLE_K:-4}
 EVAL_PROMPTS=${EAGLE_EVAL_PROMPTS:-64}
 BATCH_TOKENS=${EAGLE_BATCH_TOKENS:-16384}
+GEN_ARGS=${EAGLE_GEN_ARGS:-}        # extra flags, e.g. "--temperature 0"
+TRAIN_ARGS=${EAGLE_TRAIN_ARGS:-}    # extra flags, e.g. "--lr 3e-4 --w-cls 0.5"
 R=${R:-$PWD/gpu_results/eagle_train}; OUT=${OUT:-/tmp/out}; mkdir -p "$R" "$OUT"
 DATA=/tmp/eagle_data; HEAD=$R/head
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
@@ -33,13 +37,13 @@ exec > >(tee "$R/eagle_train.log") 2>&1
 
 step $((GEN + 60)) python3 -m tools.eagle.gen_data --model "$SMOL_GGUF" --out "$DATA" \
   --num-prompts "$NUM_PROMPTS" --num-eval "$EVAL_PROMPTS" --max-tokens "$MAX_TOKENS" \
-  --time-budget-s "$GEN" --max-num-seqs 256 --chunk 1024
+  --time-budget-s "$GEN" --max-num-seqs 256 --chunk 1024 $GEN_ARGS
 cp "$DATA/manifest.json" "$R/data_manifest.json" 2>/dev/null
 [ -f "$DATA/manifest.json" ] || { echo "no training data"; exit 4; }
 
 step $((TRAIN + 60)) python3 -m tools.eagle.train --model "$SMOL_GGUF" --data "$DATA" \
   --out "$HEAD" --results "$R" --time-budget-s "$TRAIN" --steps 100000 \
-  --batch-tokens "$BATCH_TOKENS"
+  --batch-tokens "$BATCH_TOKENS" $TRAIN_ARGS
 [ -f "$HEAD/SHA256SUMS" ] || { echo "no trained head"; exit 5; }
 mkdir -p "$OUT/eagle_head" && cp "$HEAD"/* "$OUT/eagle_head/"
 
