@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -136,7 +136,12 @@ class SpeculativeConfig:
     adaptive_draft_length: bool = False
 
     @staticmethod
-    def from_user(cfg: Any, target_model: str) -> Optional["SpeculativeConfig"]:
+    def from_user(cfg: Any, target_model: str,
+                  eagle_head_lookup: Optional[Callable[[str], str]] = None
+                  ) -> Optional["SpeculativeConfig"]:
+        """The validated config. eagle_head_lookup(target_model): the EAGLE head folder when
+        method 'eagle' has no 'model' (the engine passes the shipped-head lookup of
+        vllm/v1/spec_decode/shipped.py; it raises a ValueError naming the field if none)."""
         if cfg is None:
             return None
         if isinstance(cfg, str):
@@ -181,6 +186,9 @@ class SpeculativeConfig:
             if lo is not None or hi is not None:
                 raise ValueError("speculative_config.prompt_lookup_min/max apply to 'ngram' only")
             lo, hi = 1, 3
+            if method == "eagle" and model is None and eagle_head_lookup is not None:
+                # the head shipped for this target (ValueError naming the field if none)
+                model = eagle_head_lookup(target_model)
             if not isinstance(model, str) or not model:
                 raise ValueError(f"speculative_config.model is required for method {method!r}")
         dtp = cfg.get("draft_tensor_parallel_size")

@@ -110,8 +110,10 @@ def main():
     ap.add_argument("--temperatures", default="0,0.7")
     ap.add_argument("--ks", default="2,4,8")
     ap.add_argument("--methods", default="none,ngram,draft_model",
-                    help="comma list of none, ngram, draft_model, ngram-adaptive, "
-                         "draft_model-adaptive")
+                    help="comma list of none, ngram, draft_model, eagle, each but none "
+                         "also as <method>-adaptive (adaptive draft length)")
+    ap.add_argument("--eagle-model", default=None,
+                    help="EAGLE head folder for method eagle (default: the shipped head)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=1024)
     ap.add_argument("--hf", action="store_true", help="also run transformers (batch 1)")
@@ -134,6 +136,11 @@ def main():
                 spec = {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3}
             elif base == "draft_model":
                 spec = {"method": "draft_model", "model": args.model, "num_speculative_tokens": k}
+            elif base == "eagle":
+                # --eagle-model, else the head shipped for the target
+                spec = {"method": "eagle", "num_speculative_tokens": k}
+                if args.eagle_model:
+                    spec["model"] = args.eagle_model
             elif base != "none":
                 raise SystemExit(f"unknown method {method!r}")
             if spec is not None and adaptive:

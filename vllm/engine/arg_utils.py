@@ -12,6 +12,7 @@ import torch
 from vllm.config import (CacheConfig, ModelConfig, ParallelConfig, SchedulerConfig,
                          SpecDecodeOptions, SpeculativeConfig, VllmConfig, resolve_dtype)
 from vllm.platform import default_device
+from vllm.v1.spec_decode.shipped import resolve_eagle_model
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 
@@ -94,7 +95,8 @@ class EngineArgs:
         if mbt < self.max_num_seqs and self.max_num_batched_tokens is not None:
             raise ValueError(f"max_num_batched_tokens={mbt} must be >= max_num_seqs="
                              f"{self.max_num_seqs}")
-        spec = SpeculativeConfig.from_user(self.speculative_config, self.model)
+        spec = SpeculativeConfig.from_user(self.speculative_config, self.model,
+                                           resolve_eagle_model)
         if spec is not None and spec.num_speculative_tokens + 1 > mbt:
             raise ValueError("max_num_batched_tokens is smaller than one verify step")
         tp = self.tensor_parallel_size

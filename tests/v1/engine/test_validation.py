@@ -19,6 +19,9 @@ from vllm import LLM, SamplingParams
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2, "foo": 1}},
      "unknown keys"),
     ({"speculative_config": {"method": "draft_model", "num_speculative_tokens": 2}}, "model"),
+    # no EAGLE head ships for this target
+    ({"speculative_config": {"method": "eagle", "num_speculative_tokens": 2}},
+     r"speculative_config\.model is required for method 'eagle'"),
     ({"speculative_config": {"method": "ngram", "num_speculative_tokens": 2,
                              "confidence_threshold": 0.5}}, "'draft_model', 'eagle'"),
     ({"speculative_config": {"method": "draft_model", "model": "x", "num_speculative_tokens": 2,

@@ -6,13 +6,17 @@ positions the target computed each step are stashed per request (the verify step
 trimmed to committed positions later), so chunked prefills and rewinds need no special path."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 from vllm.model_executor.layers.linear import default_init_
 from vllm.model_executor.model_loader import loader
 from vllm.model_executor.models.eagle import EagleHead
 from vllm.v1.spec_decode.draft_common import DraftItem, PagedDrafter, draft_graphs_wanted
+from vllm.v1.spec_decode import shipped
 from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext
+from vllm.v1.spec_decode.shipped import verify_checksums
 
 
 class _HeadOnTarget(torch.nn.Module):
@@ -34,6 +38,9 @@ class EagleProposer(PagedDrafter):
         super().__init__(ctx)
         config = ctx.config
         path = loader.resolve(config.speculative_config.model)
+        # a shipped head must carry its checksums; any head folder with SHA256SUMS is checked
+        shipped_root = os.path.realpath(os.path.join(shipped.DATA_ROOT, "eagle"))
+        verify_checksums(path, required=os.path.realpath(path).startswith(shipped_root + os.sep))
         from transformers import AutoConfig
         hf = AutoConfig.from_pretrained(path)
         target_hidden = config.model_config.hidden_size
