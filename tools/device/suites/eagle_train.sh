@@ -54,7 +54,7 @@ step "$EVAL_T" python3 -m tools.eagle.eval_acceptance \
 
 if [ "$(left)" -ge 100 ]; then
   step $(( $(left) - 10 )) python3 -m tools.benchmarks.bench_spec --model "$SMOL_GGUF" \
-    --batches 1,32 --temperatures 0 --ks "$K" --methods none,eagle --eagle-model "$HEAD" \
+    --batches 1,32 --temperatures 0 --ks "$K" --methods none,eagle,eagle-adaptive --eagle-model "$HEAD" \
     --max-tokens 128 --output "$R/bench_spec.json"
 else
   echo "SKIP bench_spec: $(left) s left"
