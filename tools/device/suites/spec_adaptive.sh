@@ -15,7 +15,7 @@ step ${MAIN_S:-300} python3 -m tools.benchmarks.bench_spec --model "$SMOL_GGUF" 
   --temperatures 0 --ks 4 --methods none,ngram,ngram-adaptive,draft_model,draft_model-adaptive \
   --max-tokens 128 --output "$R/bench_spec_adaptive.json" > "$R/bench_spec_adaptive.log" 2>&1
 grep -E "tok/s|Error|error" "$R/bench_spec_adaptive.log" | tail -60
-step ${EXTRA_S:-90} python3 -m tools.benchmarks.bench_spec --model "$SMOL_GGUF" --batches 1,32,64,128 \
+[ "${EXTRA_S:-90}" -gt 0 ] && step ${EXTRA_S:-90} python3 -m tools.benchmarks.bench_spec --model "$SMOL_GGUF" --batches 1,32,64,128 \
   --temperatures 0 --ks 2,8 --methods ngram,draft_model --max-tokens 128 \
   --output "$R/bench_spec_fixed_k.json" > "$R/bench_spec_fixed_k.log" 2>&1
-grep -E "tok/s|Error|error" "$R/bench_spec_fixed_k.log" | tail -40
+[ -f "$R/bench_spec_fixed_k.log" ] && grep -E "tok/s|Error|error" "$R/bench_spec_fixed_k.log" | tail -40
