@@ -89,11 +89,15 @@ def nvtx_row(stats_csv_text: str, name: str = RANGE) -> dict | None:
 def profile_mode(nsys: str, importers: list[str], mode: str, args, out_dir: str) -> dict:
     base = os.path.join(out_dir, f"scv_{mode}")
     app = [sys.executable, SCV_SCRIPT, "--modes", mode, "--batch-sizes", args.batch_sizes,
-           "--draft-tokens", args.draft_tokens, "--iters", "20", "--profile-iters", "3",
+           "--draft-tokens", args.draft_tokens, "--iters", "20", "--profile-iters", "0",
            "--output-dir", os.path.join(out_dir, f"app_{mode}"), "--no-progress"]
     entry: dict = {"mode": mode, "attempts": []}
-    prof = run([nsys, "profile", "--trace", "cuda,nvtx,osrt", "--force-overwrite", "true",
-                "-o", base] + app, args.timeout)
+    # On the H200 (2026-11-29) nsys outlived the app by > 40 s and left no report, with the
+    # app's own torch.profiler failing on CUPTI_ERROR_MULTIPLE_SUBSCRIBERS_NOT_SUPPORTED: so
+    # the app runs no torch.profiler here (--profile-iters 0), and nsys waits for the app
+    # alone, not for helper processes it may leave behind (--wait primary).
+    prof = run([nsys, "profile", "--trace", "cuda,nvtx,osrt", "--wait", "primary",
+                "--force-overwrite", "true", "-o", base] + app, args.timeout)
     entry["attempts"].append({"step": "nsys profile", **prof})
     rep = base + ".nsys-rep"
     qd = sorted(glob.glob(base + "*.qdstrm")) + sorted(glob.glob(os.path.join(out_dir, "*.qdstrm")))

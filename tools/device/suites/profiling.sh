@@ -46,8 +46,8 @@ for part in $PARTS; do
         find / -xdev \( -name "nsys" -o -name "QdstrmImporter*" \) -type f 2>/dev/null | head -20;
       } > "$R/nsys_search.txt" 2>&1
       mkdir -p "$R/nsys"; mv "$R/nsys_search.txt" "$R/nsys/"
-      step 100 python3 tools/profiling/nsys_scv.py --out-dir "$R/nsys" --modes off,vectorized \
-        --timeout 40 ;;
+      step 220 python3 tools/profiling/nsys_scv.py --out-dir "$R/nsys" --modes off,vectorized \
+        --timeout 90 ;;
     bw)
       [ "$(left)" -lt 90 ] && { echo "== skipped bw: $(left) s left"; continue; }
       # 4 ncu passes (NWOR off and stage, steps and kernels) share what is left
