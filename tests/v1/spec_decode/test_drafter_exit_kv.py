@@ -1,7 +1,8 @@
-"""PagedDrafter called directly (draft model, EAGLE; eager and the graph path on the CPU through
-EagerReplay): requests stopped by the confidence exit or by their own cap (max_drafts) write no
-K/V into the drafter's cache after they stop, get only their kept drafts, and are counted in
-stopped_tokens; a request capped at 0 stays out of the forwards and is caught up later.
+"""PagedDrafter called directly (draft model, EAGLE; eager, the graph path on the CPU through
+EagerReplay, and real CUDA graphs under the cuda marker): requests stopped by the confidence
+exit or by their own cap (max_drafts) write no K/V into the drafter's cache after they stop, get
+only their kept drafts, and are counted in stopped_tokens; a request capped at 0 stays out of
+the forwards and is caught up later.
 
 Every check reads the drafter's cache after zeroing it: the set of slots holding anything must
 be exactly the slots of the catch-up tokens plus those of the drafting steps that were allowed
@@ -36,9 +37,15 @@ def _hidden(i: int) -> torch.Tensor:
     return torch.randn(24, H, generator=torch.Generator().manual_seed(100 + i)) * 0.5
 
 
+def _cuda(method):
+    return pytest.param((method, "cuda"), marks=pytest.mark.cuda, id=f"{method}-cuda")
+
+
 @pytest.fixture(scope="module", params=[("draft_model", False), ("draft_model", True),
-                                        ("eagle", False), ("eagle", True)],
-                ids=["draft_model-eager", "draft_model-graph", "eagle-eager", "eagle-graph"])
+                                        ("eagle", False), ("eagle", True),
+                                        _cuda("draft_model"), _cuda("eagle")],
+                ids=["draft_model-eager", "draft_model-graph", "eagle-eager", "eagle-graph",
+                     "draft_model-cuda", "eagle-cuda"])
 def drafter(request):
     method, graphs = request.param
     path = tiny_model("llama")
@@ -46,13 +53,18 @@ def drafter(request):
            if method == "draft_model" else
            {"method": "eagle", "model": save_random_eagle_head(path, tempfile.mkdtemp()),
             "num_speculative_tokens": K})
-    with pytest.MonkeyPatch.context() as mp:
-        if graphs:      # graphs are captured while the engine is built
-            mp.setattr(draft_common.DraftBatch, "graph_runner_cls", EagerReplay)
-            mp.setattr(draft_model, "draft_graphs_wanted", lambda c, d: True)
-            mp.setattr(eagle, "draft_graphs_wanted", lambda c, d: True)
-        llm = LLM(path, enforce_eager=True, block_size=BS, max_num_seqs=4,
-                  speculative_config=cfg)
+    # 64 blocks: this test's requests use blocks 1..33; checks read the whole cache.
+    kw = dict(block_size=BS, max_num_seqs=4, num_gpu_blocks_override=64,
+              speculative_config=cfg)
+    if graphs == "cuda":        # the drafter's own CUDA graphs, captured for real
+        llm = LLM(path, dtype="float32", gpu_memory_utilization=0.3, **kw)
+    else:
+        with pytest.MonkeyPatch.context() as mp:
+            if graphs:      # graphs are captured while the engine is built
+                mp.setattr(draft_common.DraftBatch, "graph_runner_cls", EagerReplay)
+                mp.setattr(draft_model, "draft_graphs_wanted", lambda c, d: True)
+                mp.setattr(eagle, "draft_graphs_wanted", lambda c, d: True)
+            llm = LLM(path, enforce_eager=True, **kw)
     prop = llm.llm_engine.executor.driver_runner.proposer
     prop.test_method, prop.test_graphs = method, graphs
     yield prop
@@ -62,7 +74,8 @@ def _observe(prop, rid: str, i: int, start: int, end: int) -> None:
     """EAGLE: the target computed positions start..end - 1 of request i."""
     if prop.test_method == "eagle":
         so = SimpleNamespace(reqs=[SimpleNamespace(req_id=rid, start_pos=start)])
-        prop.observe_target(so, _hidden(i)[start:end].to(prop.dtype), [(0, end - start)])
+        prop.observe_target(so, _hidden(i)[start:end].to(prop.device, prop.dtype),
+                            [(0, end - start)])
 
 
 def _propose(prop, specs, tag: str):
@@ -109,7 +122,8 @@ def _fake_confidence(monkeypatch, pattern: list[list[bool]]):
     def fake(logits, threshold):
         j = step[0]
         step[0] += 1
-        return logits.argmax(dim=-1), torch.tensor([p[j] for p in pattern[:logits.shape[0]]])
+        ok = torch.tensor([p[j] for p in pattern[:logits.shape[0]]], device=logits.device)
+        return logits.argmax(dim=-1), ok
     monkeypatch.setattr(draft_common, "greedy_with_confidence", fake)
 
 
