@@ -1,5 +1,5 @@
 """Helpers for speculative-decoding tests: an EAGLE-1 head with random weights saved in the
-published checkpoint layout next to a tiny target."""
+published checkpoint layout next to a tiny target; a stand-in CUDA graph runner for the CPU."""
 from __future__ import annotations
 
 import json
@@ -7,6 +7,23 @@ import os
 
 import torch
 from safetensors.torch import save_file
+
+from vllm.v1.worker.cudagraph import CudaGraphRunner
+
+
+class EagerReplay(CudaGraphRunner):
+    """'Captures' by remembering run_forward; replay(Tp) runs it over the first Tp rows (what a
+    CUDA graph replay computes), so the drafters' graph path runs on the CPU."""
+
+    def capture(self, run_forward):  # noqa: D102
+        self.fn = run_forward
+        self.graphs = {T: None for T in self.sizes}
+        self.captured = list(self.sizes)
+
+    def replay(self, T_padded):
+        self.num_replays += 1
+        self.replayed = getattr(self, "replayed", []) + [T_padded]
+        return self.fn(T_padded)
 
 
 def save_random_eagle_head(target_path: str, out_dir: str, seed: int = 0) -> str:

@@ -20,6 +20,7 @@ def _replica(i: int, tokens: int, ttfts: list[float], accepted: list[int]) -> En
     s.spec = SpecDecodingStats(num_spec_tokens=len(accepted))
     s.spec.accepted_per_pos = list(accepted)
     s.spec.num_drafts = 10 * (i + 1)
+    s.spec.num_draft_tokens_stopped = 4 + i
     # As it travels from a replica: pickled without its lock, adopted with the replica index.
     return dp_stats.adopt(pickle.loads(pickle.dumps(dp_stats.snapshot(s))), i)
 
@@ -37,6 +38,9 @@ def test_sum_of_two_replicas():
     assert total.ttft.n == 3 and abs(total.ttft.total - 0.703) < 1e-9
     assert total.ttft.counts == [x + y for x, y in zip(a.ttft.counts, b.ttft.counts)]
     assert total.spec.accepted_per_pos == [6, 3, 1] and total.spec.num_drafts == 30
+    assert total.spec.num_draft_tokens_stopped == 9
+    assert {m.value for m in to_metrics(total)
+            if m.name == "vllm:spec_decode_num_draft_tokens_stopped"} == {9}
     assert a.generation_tokens == 100 and a.spec.accepted_per_pos == [5, 2]   # parts intact
     labels = {m.labels["engine"] for s in (total, a, b) for m in to_metrics(s)}
     assert labels == {"all", "0", "1"}

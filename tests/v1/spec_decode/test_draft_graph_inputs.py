@@ -11,24 +11,9 @@ import tempfile
 import pytest
 
 from models_util import tiny_model
-from spec_util import save_random_eagle_head
+from spec_util import EagerReplay, save_random_eagle_head
 from vllm import LLM, SamplingParams
 from vllm.v1.spec_decode import draft_common, draft_model, eagle
-from vllm.v1.worker.cudagraph import CudaGraphRunner
-
-
-class EagerReplay(CudaGraphRunner):
-    """'Captures' by remembering run_forward; replay(Tp) runs it over the first Tp rows."""
-
-    def capture(self, run_forward):  # noqa: D102
-        self.fn = run_forward
-        self.graphs = {T: None for T in self.sizes}
-        self.captured = list(self.sizes)
-
-    def replay(self, T_padded):
-        self.num_replays += 1
-        self.replayed = getattr(self, "replayed", []) + [T_padded]
-        return self.fn(T_padded)
 
 
 def _prompts():

@@ -37,6 +37,8 @@ _DOCS = {
     "vllm:spec_decode_num_draft_tokens": "Number of draft tokens.",
     "vllm:spec_decode_num_accepted_tokens": "Number of accepted tokens.",
     "vllm:spec_decode_num_accepted_tokens_per_pos": "Accepted tokens per draft position.",
+    "vllm:spec_decode_num_draft_tokens_stopped":
+        "Draft tokens not drafted because of the confidence early exit.",
     "vllm:nwor_tokens_staged": "NWOR: draft tokens whose K/V was staged.",
     "vllm:nwor_tokens_committed": "NWOR: staged tokens committed to the KV cache.",
     "vllm:nwor_windows": "NWOR: staging windows.",

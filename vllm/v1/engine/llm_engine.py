@@ -448,6 +448,9 @@ class LLMEngine:
                         " Drafted: %d tokens, Per-position acceptance rate: %s",
                         sp.mean_acceptance_length, sp.num_accepted_tokens, sp.num_draft_tokens,
                         rates)
+        if sp is not None and self.config.speculative_config.confidence_threshold > 0:
+            logger.info("Confidence early exit stats: %d tokens stopped",
+                        sp.num_draft_tokens_stopped)
 
     def shutdown(self) -> None:
         self.executor.shutdown()

@@ -66,6 +66,8 @@ def to_metrics(s: EngineStats) -> list[Union[Counter, Gauge, Vector, HistogramMe
         out += [Counter("vllm:spec_decode_num_drafts", L, sp.num_drafts),
                 Counter("vllm:spec_decode_num_draft_tokens", L, sp.num_draft_tokens),
                 Counter("vllm:spec_decode_num_accepted_tokens", L, sp.num_accepted_tokens),
+                Counter("vllm:spec_decode_num_draft_tokens_stopped", L,
+                        sp.num_draft_tokens_stopped),
                 Vector("vllm:spec_decode_num_accepted_tokens_per_pos", L,
                        list(sp.accepted_per_pos))]
     if s.nwor is not None:

@@ -22,6 +22,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
 from vllm.v1.core.sched_output import ScheduledReq, SchedulerOutput
 from vllm.v1.constants import PADDING_SLOT_ID
+from vllm.v1.spec_decode.early_exit import DraftExit
 from vllm.v1.spec_decode.proposer import Proposer, ProposeReq, ProposerContext
 
 _GREEDY = SamplingParams(temperature=0.0)
@@ -96,18 +97,28 @@ class DraftBatch:
         with torch.inference_mode():
             self.graphs.capture(run_forward)
 
+    def _mask_slots(self, alive: Optional[torch.Tensor]) -> None:
+        """alive [R] bool (one token per request): rows of stopped requests write no K/V.
+        In place on the persistent slot buffer, so graphs replay unchanged."""
+        if alive is not None:
+            self.buffers.slot_mapping[:alive.shape[0]].masked_fill_(~alive, PADDING_SLOT_ID)
+
     def run_graph(self, kv_cache: torch.Tensor, items: list[DraftItem],
                   input_ids: Optional[torch.Tensor] = None,
-                  hidden: Optional[torch.Tensor] = None):
+                  hidden: Optional[torch.Tensor] = None,
+                  alive: Optional[torch.Tensor] = None):
         """Like run, from a captured graph. input_ids [T] (device) replaces the items' token ids
         (drafting steps feed the previous argmax without a host round trip); hidden [T, H]
-        fills the EAGLE hidden-state input. Returns None when no graph fits (run eagerly)."""
+        fills the EAGLE hidden-state input; alive [R] bool (a one-token-per-request step): the
+        requests still drafting (the others write no K/V). Returns None when no graph fits
+        (run eagerly)."""
         self._next = None
         T = sum(len(t) for _, t, _, _ in items)
         Tp = self.graphs.padded_size(T)
         if Tp is None:
             return None
         inp = self.buffers.prepare(self._sched(items), Tp, None)
+        self._mask_slots(alive)
         if input_ids is not None:
             self.buffers.input_ids[:T].copy_(input_ids)
         if hidden is not None:
@@ -123,11 +134,13 @@ class DraftBatch:
             self._next = (R, Tp)
         return self.graphs.replay(Tp)[:T], inp.logits_indices
 
-    def run_graph_next(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None):
+    def run_graph_next(self, input_ids: torch.Tensor, hidden: Optional[torch.Tensor] = None,
+                       alive: Optional[torch.Tensor] = None):
         """The drafting step after a one-token-per-request run_graph (or run_graph_next): every
         request's single token moves one position on, so positions, context lengths and cache
         slots advance on the device — no host preparation, no host-to-device copy, no sync.
-        input_ids [R] (device): the previous argmax; hidden [R, H]: EAGLE's features. Returns
+        input_ids [R] (device): the previous argmax; hidden [R, H]: EAGLE's features; alive [R]
+        bool: the requests still drafting (the others' slots are PADDING_SLOT_ID). Returns
         hidden [R, H] (row r = request r's token), or None (no such previous step: run_graph)."""
         if self._next is None:
             return None
@@ -140,18 +153,23 @@ class DraftBatch:
         blk = b.block_tables[:R].gather(
             1, blk_idx.clamp(max=b.max_blocks - 1).unsqueeze(1)).squeeze(1).long()
         # A position past the request's allocated blocks writes nowhere (as prepare does).
-        b.slot_mapping[:R] = torch.where(blk_idx < self._nblk[:R], blk * bs + pos % bs,
-                                         PADDING_SLOT_ID)
+        writes = blk_idx < self._nblk[:R]
+        if alive is not None:
+            writes &= alive
+        b.slot_mapping[:R] = torch.where(writes, blk * bs + pos % bs, PADDING_SLOT_ID)
         b.input_ids[:R].copy_(input_ids)
         if hidden is not None:
             self.hidden[:R].copy_(hidden)
         return self.graphs.replay(Tp)[:R]
 
-    def run(self, model, kv_cache: torch.Tensor, items: list[DraftItem], inputs_embeds_fn=None):
-        """Eagerly. Returns (hidden [T, H], last_rows [R] indices of each request's last token)."""
+    def run(self, model, kv_cache: torch.Tensor, items: list[DraftItem], inputs_embeds_fn=None,
+            alive: Optional[torch.Tensor] = None):
+        """Eagerly. Returns (hidden [T, H], last_rows [R] indices of each request's last token).
+        alive: as in run_graph."""
         self._next = None
         so = self._sched(items)
         inp = self.buffers.prepare(so, so.num_tokens, None)
+        self._mask_slots(alive)
         ctx = ForwardContext(inp.attn, kv_cache)
         with set_forward_context(ctx):
             embeds = inputs_embeds_fn(inp) if inputs_embeds_fn is not None else None
@@ -168,24 +186,14 @@ def greedy_with_confidence(logits: torch.Tensor, threshold: float):
     return tok, conf >= threshold
 
 
-def trim_at_low_confidence(drafts: list[list[int]], ok: Optional[list[list[bool]]]):
-    if ok is None:
-        return drafts
-    out = []
-    for d, o in zip(drafts, ok):
-        n = 0
-        while n < len(d) and o[n]:
-            n += 1
-        out.append(d[:n])
-    return out
-
-
 class PagedDrafter(Proposer):
-    """A drafter with its own paged KV cache, drafting k tokens greedily per request: one
-    batched forward catches up on the tokens committed since its last call, then k - 1
-    single-token forwards extend each request. Each forward replays a CUDA graph when one fits
-    (from the second single-token step on, with positions and slots advanced on the device),
-    else runs eagerly.
+    """A drafter with its own paged KV cache, drafting up to k tokens greedily per request:
+    one batched forward catches up on the tokens committed since its last call, then
+    single-token forwards extend each request, as many as the largest per-request cap
+    (ProposeReq.max_drafts) allows. Each forward replays a CUDA graph when one fits (from the
+    second single-token step on, with positions and slots advanced on the device), else runs
+    eagerly. A request stops at its cap or at its first draft below the confidence threshold
+    (DraftExit, on the device): its later steps write no K/V and their drafts are dropped.
 
     Subclasses set num_layers / kv_heads / head_dim (the drafter cache's geometry) and
     hidden_input_size (EAGLE: the target's hidden size, fed as features with every token; 0:
@@ -205,6 +213,7 @@ class PagedDrafter(Proposer):
         self.computed: dict[str, int] = {}      # req -> tokens whose K/V the drafter has
         self.preemptions: dict[str, int] = {}   # req -> preemptions seen at its last call
         self.kv_cache: Optional[torch.Tensor] = None
+        self.stopped_tokens = 0     # drafts not made because of the confidence exit (running)
 
     def kv_bytes_per_block(self) -> int:
         return kv_bytes_per_block(self.num_layers, self.block_size, self.kv_heads,
@@ -246,9 +255,10 @@ class PagedDrafter(Proposer):
         raise NotImplementedError
 
     def _run_eager(self, items: list[DraftItem], tokens: Optional[torch.Tensor],
-                   hidden: Optional[torch.Tensor]):
+                   hidden: Optional[torch.Tensor], alive: Optional[torch.Tensor] = None):
         """The forward without graphs -> (hidden [T, H], last rows [R]); tokens [T] (device),
-        when given, replace the items' token ids; hidden [T, H]: the features input."""
+        when given, replace the items' token ids; hidden [T, H]: the features input; alive [R]
+        bool: the requests still drafting (DraftBatch.run)."""
         raise NotImplementedError
 
     def _compute_logits(self, feats: torch.Tensor) -> torch.Tensor:
@@ -260,12 +270,14 @@ class PagedDrafter(Proposer):
         raise NotImplementedError
 
     def _features(self, items: list[DraftItem], tokens: Optional[torch.Tensor] = None,
-                  hidden: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  hidden: Optional[torch.Tensor] = None,
+                  alive: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Each request's last-token output [R, H]: from a CUDA graph when one fits, else
         eagerly."""
-        out = self.batch.run_graph(self.kv_cache, items, input_ids=tokens, hidden=hidden)
+        out = self.batch.run_graph(self.kv_cache, items, input_ids=tokens, hidden=hidden,
+                                   alive=alive)
         if out is None:
-            out = self._run_eager(items, tokens, hidden)
+            out = self._run_eager(items, tokens, hidden, alive)
         return out[0][out[1]]
 
     def _draft(self, feats: torch.Tensor):
@@ -274,22 +286,32 @@ class PagedDrafter(Proposer):
         return tok, ok, (feats if self.hidden_input_size else None)
 
     def propose(self, reqs: list[ProposeReq]) -> dict[str, list[int]]:
+        caps = [self.k if r.max_drafts is None else max(0, min(r.max_drafts, self.k))
+                for r in reqs]
+        # A request capped at 0 stays out of the forwards; its committed tokens are caught up
+        # at its next call (the drafter's `computed` count is left as it was).
+        reqs = [r for r, c in zip(reqs, caps) if c > 0]
+        caps = [c for c in caps if c > 0]
+        if not reqs:
+            return {}
+        ex = DraftExit(caps, self.device)
         items, hidden, pos = self._catch_up(reqs)
         tok, ok, state = self._draft(self._features(items, hidden=hidden))
-        toks, oks = [tok], [ok]
-        for step in range(1, self.k):
+        toks = [tok]
+        alive = ex.observe(0, ok)
+        for step in range(1, ex.steps):
             # the token ids are filled on the device from the previous step's argmax; from the
             # second drafting step on, positions and slots advance on the device too. (The
             # replay's output buffer is overwritten only by the next replay, after state has
-            # been copied into the persistent input.)
-            feats = self.batch.run_graph_next(tok, state) if step > 1 else None
+            # been copied into the persistent input.) Stopped requests (alive False) still
+            # run, writing nowhere, so the batch keeps its shape.
+            feats = self.batch.run_graph_next(tok, state, alive) if step > 1 else None
             if feats is None:
                 items = [(r.req_id, [0], p + step - 1, r.block_ids) for r, p in zip(reqs, pos)]
-                feats = self._features(items, tokens=tok, hidden=state)
+                feats = self._features(items, tokens=tok, hidden=state, alive=alive)
             tok, ok, state = self._draft(feats)
             toks.append(tok)
-            oks.append(ok)
-        drafts = torch.stack(toks, 1).tolist()
-        ok_host = torch.stack(oks, 1).tolist() if oks[0] is not None else None
-        drafts = trim_at_low_confidence(drafts, ok_host)
+            alive = ex.observe(step, ok)
+        drafts, stopped = ex.to_host(toks)
+        self.stopped_tokens += stopped
         return {r.req_id: d for r, d in zip(reqs, drafts) if d}

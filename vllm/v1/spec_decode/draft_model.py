@@ -48,9 +48,10 @@ class DraftModelProposer(PagedDrafter):
             items.append((r.req_id, r.token_ids[c:n], c, r.block_ids))
         return items, None, [len(r.token_ids) for r in reqs]
 
-    def _run_eager(self, items: list[DraftItem], tokens, hidden):
+    def _run_eager(self, items: list[DraftItem], tokens, hidden, alive=None):
         fn = None if tokens is None else (lambda inp: self.model.embed(tokens))
-        return self.batch.run(self.model, self.kv_cache, items, inputs_embeds_fn=fn)
+        return self.batch.run(self.model, self.kv_cache, items, inputs_embeds_fn=fn,
+                              alive=alive)
 
     def _compute_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.model.compute_logits(feats)

@@ -96,9 +96,9 @@ class EagleProposer(PagedDrafter):
         head, target, hid = self.head, self.ctx.target, self.batch.hidden
         return lambda ids, pos, T: head(target.embed(ids), hid[:T], pos)
 
-    def _run_eager(self, items: list[DraftItem], tokens, hidden: torch.Tensor):
+    def _run_eager(self, items: list[DraftItem], tokens, hidden: torch.Tensor, alive=None):
         model = _HeadOnTarget(self.head, self.ctx.target, hidden, tokens)
-        return self.batch.run(model, self.kv_cache, items)
+        return self.batch.run(model, self.kv_cache, items, alive=alive)
 
     def _compute_logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.ctx.target.compute_logits(feats)

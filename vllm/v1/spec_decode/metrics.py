@@ -11,6 +11,10 @@ class SpecDecodingStats:
     num_draft_tokens: int = 0
     num_accepted_tokens: int = 0
     accepted_per_pos: list[int] = field(default_factory=list)
+    # Drafts a model drafter did not make because a request's draft fell below the confidence
+    # threshold (per request and call: its cap minus the drafts it got). Mirrored from the
+    # proposer's running count (Proposer.stopped_tokens) after every drafting call.
+    num_draft_tokens_stopped: int = 0
 
     def observe(self, num_draft: int, num_accepted: int) -> None:
         self.num_drafts += 1

@@ -28,17 +28,22 @@ def ngram_propose(tokens: np.ndarray, n_min: int, n_max: int, k: int) -> list[in
 class NgramProposer(Proposer):
     def __init__(self, k: int, n_min: int, n_max: int, always_draft: bool = False):
         # always_draft: benchmark-only (controlled acceptance on dummy weights): every request
-        # gets k drafts each step, padded with its last token, so verify windows are full.
+        # gets its cap of drafts (k, or max_drafts) each step, padded with its last token, so
+        # verify windows are full.
         self.k, self.n_min, self.n_max = k, n_min, n_max
         self.always_draft = always_draft
 
     def propose(self, reqs: list[ProposeReq]) -> dict[str, list[int]]:
         out = {}
         for r in reqs:
+            cap = self.k if r.max_drafts is None else max(0, min(r.max_drafts, self.k))
+            if cap == 0:
+                continue
+            # the match is chosen for k drafts whatever the cap, then truncated
             d = ngram_propose(np.asarray(r.token_ids, dtype=np.int64), self.n_min, self.n_max,
-                              self.k)
-            if self.always_draft and len(d) < self.k:
-                d = d + [r.token_ids[-1]] * (self.k - len(d))
+                              self.k)[:cap]
+            if self.always_draft and len(d) < cap:
+                d = d + [r.token_ids[-1]] * (cap - len(d))
             if d:
                 out[r.req_id] = d
         return out

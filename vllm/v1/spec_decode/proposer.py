@@ -49,8 +49,14 @@ class Proposer(Protocol):
     """A drafter. Subclass it explicitly to get the defaults below (a drafter without a KV
     cache, that does not read the target's hidden states and keeps no per-request state)."""
 
+    # Draft tokens not made because of the confidence early exit, since the drafter was built
+    # (a running count; per request and call: its cap minus the drafts it returned). The
+    # runner mirrors it into SpecDecodingStats.num_draft_tokens_stopped after each call.
+    stopped_tokens: int = 0
+
     def propose(self, reqs: list[ProposeReq]) -> dict[str, list[int]]:
-        """Draft tokens per request id (requests absent from the result get no drafts)."""
+        """Draft tokens per request id (requests absent from the result get no drafts); at
+        most k per request, and at most r.max_drafts when it is set (0: none)."""
         ...
 
     def kv_bytes_per_block(self) -> int:

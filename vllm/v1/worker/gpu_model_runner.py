@@ -322,7 +322,10 @@ class GPUModelRunner:
     def propose(self, reqs: list[ProposeReq]) -> dict[str, list[int]]:
         if self.proposer is None or not reqs:
             return {}
-        return self.proposer.propose(reqs)
+        drafts = self.proposer.propose(reqs)
+        if self.spec_step is not None:
+            self.spec_step.stats.num_draft_tokens_stopped = self.proposer.stopped_tokens
+        return drafts
 
 
 def _plain_greedy(r) -> bool:
