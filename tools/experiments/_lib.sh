@@ -121,13 +121,17 @@ PYEOF
 # it runs under `timeout`, which leads its own process group, so the signal is passed on to it
 # here. Results are written atomically (tools/common.write_json), so what exists is complete,
 # and a rerun skips it.
+# The background jobs (`jobs -p`) are signalled as well as $CHILD: a signal that lands between
+# `timeout ... &` and `CHILD=$!` runs this trap before CHILD is set, and the run started just
+# then must not be left running on its own.
 CHILD=""
 CURRENT=""
 on_signal() {
-  if [ -n "$CHILD" ]; then
-    kill -TERM "$CHILD" 2>/dev/null || true
-    wait "$CHILD" 2>/dev/null || true
-  fi
+  local pid
+  for pid in $CHILD $(jobs -p); do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
   log "interrupted (SIG$1)${CURRENT:+ during $CURRENT}: finished results are kept; rerun to resume"
   exit $((128 + $2))
 }

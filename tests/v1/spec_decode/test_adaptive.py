@@ -133,6 +133,25 @@ def test_probes_are_rare_where_costly_small_and_absent_where_hopeless():
     assert not any(ctl2.decide(64, ids) for _ in range(2000))
 
 
+def test_plain_decisions_are_cached_until_something_is_observed():
+    from vllm.v1.spec_decode.adaptive import REEVALUATE
+    ctl = AdaptiveDraftController(4, FLAT)
+    ids = [f"r{i}" for i in range(8)]
+    _feed(ctl, ids, 0.0)
+    ctl.observe_step(False, 8, 8, 1e-3)
+    ctl.observe_step(True, 8, 40, 3e-3)
+    assert not ctl.stays_plain(8)              # nothing decided yet
+    assert ctl.decide(8, ids) == {}
+    held = [ctl.stays_plain(8) for _ in range(REEVALUATE + 2)]
+    assert held == [True] * REEVALUATE + [False, False]
+    assert ctl.decide(8, ids) == {}
+    assert not ctl.stays_plain(16)             # another batch-size bucket
+    assert ctl.decide(8, ids) == {} and ctl.stays_plain(8)
+    ctl.observe_window("r0", 4, 4, 4)          # something new: decide again
+    assert not ctl.stays_plain(8)
+    assert ctl.stats.steps_plain == REEVALUATE + 1 + 3
+
+
 def test_unmeasured_bucket_borrows_the_nearest_per_request_cost():
     ctl = AdaptiveDraftController(4, FLAT)
     ctl.observe_step(True, 8, 40, 1e-3 + 8e-4)             # 0.1 ms residual per request

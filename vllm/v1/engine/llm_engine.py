@@ -275,6 +275,8 @@ class LLMEngine:
         if self.adaptive is None:
             return False
         sched = self.scheduler
+        if self.adaptive.stays_plain(len(sched.running)):
+            return False
         ids = [r.request_id for r in sched.running
                if r.num_computed_tokens >= r.num_prompt_tokens and _may_draft(r)]
         caps = self.adaptive.decide(len(sched.running), ids)
@@ -332,6 +334,9 @@ class LLMEngine:
 
     def _draft(self) -> None:
         running = self.scheduler.running
+        if self.adaptive is not None and self._caps is None \
+                and self.adaptive.stays_plain(len(running)):
+            return
         reqs = [r for r in running
                 if r.num_computed_tokens == r.num_tokens - 1     # not prefilling
                 and _may_draft(r)]

@@ -43,6 +43,7 @@ DECAY = 0.8            # acceptance memory: ~5 verify windows per request
 TIME_WEIGHT = 0.2      # EWMA weight of a new step-time sample
 PRIOR_WEIGHT = 2.0     # pseudo-observations of the batch-wide rate behind each request's rate
 PLAIN_MARGIN = 0.02    # speculation must beat plain by 2% to be chosen
+REEVALUATE = 16        # plain steps between full re-evaluations when nothing new was observed
 
 
 def bucket(b: int) -> int:
@@ -100,6 +101,10 @@ class AdaptiveDraftController:
         self._probing = False
         self.probing = False        # the last decision was a probe (its step is not typical)
         self._probe_next = 0        # rotation of the requests a probe drafts for
+        # The last full decision was plain: (bucket, probe interval, steps it still holds for).
+        # Until something new is observed, steps of that bucket are plain without recomputing
+        # anything (the host is the bottleneck at load: this runs every step).
+        self._plain_until: Optional[list] = None
         self.stats = AdaptiveStats()
 
     # ------------------------------------------------------------------ costs
@@ -140,6 +145,7 @@ class AdaptiveDraftController:
         proposer had none): offered = its cap, drafted = drafts verified, accepted <= drafted."""
         if offered <= 0:
             return
+        self._plain_until = None
         for acc in (self.reqs.setdefault(req_id, _Acc()), self.batch):
             acc.succ = DECAY * acc.succ + accepted
             acc.fail = DECAY * acc.fail + (1.0 if accepted < drafted else 0.0)
@@ -147,6 +153,7 @@ class AdaptiveDraftController:
             acc.asked = DECAY * acc.asked + 1.0
 
     def observe_draft_time(self, batch: int, k: int, seconds: float) -> None:
+        self._plain_until = None
         per = seconds / max(k, 1) if self.draft_scales_with_k else seconds
         self.draft_time.setdefault(bucket(batch), _Ewma()).add(per)
 
@@ -155,6 +162,7 @@ class AdaptiveDraftController:
         """A decode-only step's period (start of this step to the start of the next)."""
         b = bucket(batch)
         if speculative:
+            self._plain_until = None
             r = period - self.verify_cost(num_tokens) - draft_seconds
             self.residual.setdefault(b, _Ewma()).add(max(r, 0.0))
         else:
@@ -217,9 +225,25 @@ class AdaptiveDraftController:
         by_cost = int(np.ceil(max(spec_t - plain_t, 0.0) / (PROBE_BUDGET * plain_t)))
         return max(self.probe, min(by_cost, PROBE_MAX))
 
+    def stays_plain(self, num_running: int) -> bool:
+        """The cheap check before decide(): True when the next step is plain for certain (the
+        last decision was plain for this batch-size bucket, nothing was observed since, no probe
+        is due, and fewer than REEVALUATE steps have passed); the step is counted as decided."""
+        c = self._plain_until
+        if c is None or c[0] != bucket(num_running) or c[2] <= 0:
+            return False
+        if c[1] and self.plain_run + 1 >= c[1]:
+            return False        # a probe is due: decide() takes it
+        c[2] -= 1
+        self.plain_run += 1
+        self.stats.steps_plain += 1
+        self.stats.k_hist[0] += 1
+        return True
+
     def decide(self, num_running: int, req_ids: list[str]) -> dict[str, int]:
         """Caps for the next step's drafts of req_ids (the requests that can draft), out of
         num_running requests in the batch. An empty dict: no speculation this step."""
+        self._plain_until = None
         if not req_ids:
             return {}
         k, r_spec, r_plain, caps = self.estimate(num_running, req_ids)
@@ -250,4 +274,5 @@ class AdaptiveDraftController:
             return {rid: self.k_max for rid in chosen}
         self.stats.steps_plain += 1
         self.stats.k_hist[0] += 1
+        self._plain_until = [bucket(num_running), interval, REEVALUATE]
         return {}

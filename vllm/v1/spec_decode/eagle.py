@@ -60,7 +60,10 @@ class EagleProposer(PagedDrafter):
         self.head.eval()
         attn = self.head.self_attn
         self.num_layers, self.kv_heads, self.head_dim = 1, attn.num_kv_heads, attn.head_dim
-        self.stash: dict[str, tuple[int, torch.Tensor]] = {}   # req -> (first pos, [m, H])
+        # req -> segments [first position, step tensor, first row, end row]: the target's
+        # hidden states of the positions the drafter has not consumed yet, as row ranges of
+        # one clone per target step (no per-request device work while nothing is drafted).
+        self.stash: dict[str, list[list]] = {}
         self.hidden_input_size = target_hidden
 
     def drop(self, req_id: str) -> None:
@@ -68,27 +71,53 @@ class EagleProposer(PagedDrafter):
         self.stash.pop(req_id, None)
 
     def observe_target(self, so, hidden: torch.Tensor, rows: list[tuple[int, int]]) -> None:
-        """After each target forward: keep the hidden states of every scheduled token."""
+        """After each target forward: keep the hidden states of every scheduled token (one
+        clone per step: the graph's output buffer is reused next step)."""
+        step = hidden[:rows[-1][1]].clone() if rows else None
         for r, (s, e) in zip(so.reqs, rows):
-            new = hidden[s:e].clone()       # the graph's output buffer is reused next step
-            old = self.stash.get(r.req_id)
-            if old is not None and old[0] <= r.start_pos <= old[0] + old[1].shape[0]:
-                keep = old[1][:r.start_pos - old[0]]
-                self.stash[r.req_id] = (old[0], torch.cat([keep, new], 0))
+            segs = self.stash.get(r.req_id)
+            end = segs[-1][0] + segs[-1][3] - segs[-1][2] if segs else None
+            if segs and segs[0][0] <= r.start_pos <= end:
+                # positions from start_pos on are recomputed (rejected drafts): cut them
+                while segs and segs[-1][0] >= r.start_pos:
+                    segs.pop()
+                if segs:
+                    last = segs[-1]
+                    last[3] = min(last[3], last[2] + r.start_pos - last[0])
             else:
-                self.stash[r.req_id] = (r.start_pos, new)
+                segs = self.stash[r.req_id] = []
+            if e > s:
+                segs.append([r.start_pos, step, s, e])
+
+    def _take(self, req_id: str, lo: int, hi: int) -> list[torch.Tensor]:
+        """Rows of positions lo .. hi - 1 from the request's stash; the stash keeps hi on."""
+        out, keep = [], []
+        for seg in self.stash.get(req_id, []):
+            pos, t, s, e = seg
+            a, b = max(lo, pos), min(hi, pos + e - s)
+            if a < b:
+                out.append(t[s + a - pos:s + b - pos])
+            if pos + e - s > hi:
+                start = max(pos, hi)
+                keep.append([start, t, s + start - pos, e])
+        self.stash[req_id] = keep
+        return out
+
+    def _base(self, req_id: str) -> int:
+        segs = self.stash.get(req_id)
+        return segs[0][0] if segs else 0
 
     def _catch_up(self, reqs: list[ProposeReq]):
         items, hid = [], []
         for r in reqs:
             n = len(r.token_ids)
             c = self._resume(r, cached_after=n - 1)
-            base, rows = self.stash[r.req_id]
-            c = max(c, base)
-            hid.append(rows[c - base:n - 1 - base])         # positions c .. n - 2
+            c = max(c, self._base(r.req_id))
+            hid.extend(self._take(r.req_id, c, n - 1))      # positions c .. n - 2
             items.append((r.req_id, r.token_ids[c + 1:n], c, r.block_ids))
-            self.stash[r.req_id] = (n - 1, rows[n - 1 - base:])
-        return items, torch.cat(hid, 0), [len(r.token_ids) - 1 for r in reqs]
+        feats = torch.cat(hid, 0) if hid else torch.empty(
+            0, self.hidden_input_size, dtype=self.dtype, device=self.device)
+        return items, feats, [len(r.token_ids) - 1 for r in reqs]
 
     def _graph_forward(self):
         if not draft_graphs_wanted(self.config, self.device):
