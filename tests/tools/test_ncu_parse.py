@@ -121,7 +121,7 @@ def test_ncu_commands():
     # ncu 2025.3 rejects --profile-from-start off with range replay (seen on the H100)
     assert "--profile-from-start" not in s
     k = " ".join(ncu.kernels_cmd("ncu", "/tmp/r", app, launch_count=50))
-    assert "--kernel-name regex:_write_kv|_commit_staged|paged_attention" in k
+    assert "--kernel-name regex:_rope_kv_write|_write_kv|_commit_staged|paged_attention" in k
     assert "--launch-count 50" in k and "--replay-mode kernel" in k
 
 
@@ -262,3 +262,137 @@ def test_steps_totals_cover_the_measured_batches_only():
     assert bad["totals_cover"].startswith("ALL 3 profiled step ranges")
     plain = ncu.metrics_from_csv(steps, None)
     assert plain["dram__bytes_write.sum"] == pytest.approx(sum(by_id.values()))
+
+
+# --- the KV-write kernels by name (fused and unfused), and partial ncu runs -----------------
+KV_KERNELS = {"_rope_kv_write_kernel": "vllm/v1/attention/rope_kv_write.py",
+              "_write_kv_kernel": "vllm/v1/attention/kv_write.py",
+              "_commit_staged_kv_kernel": "vllm/v1/spec_decode/nwor_commit.py"}
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _script_regexes():
+    """The kernel regexes the scripts pass: the quick ncu test's and the microbench default."""
+    import re
+    from tools.profiling import run_nwor_microbench as mb
+    with open(os.path.join(ROOT, "tools/profiling/run_ncu_bandwidth_test.sh")) as f:
+        quick = re.search(r"--ncu-kernel-regex '([^']+)'", f.read()).group(1)
+    default = mb.build_parser().get_default("ncu_kernel_regex")
+    return quick, default
+
+
+def test_kv_kernel_names_exist_in_vllm():
+    # a rename of a Triton kernel must show up here, not as an empty ncu pass on the device
+    for name, path in KV_KERNELS.items():
+        with open(os.path.join(ROOT, path)) as f:
+            assert f"def {name}(" in f.read(), (name, path)
+
+
+def test_kernel_regexes_match_the_fused_and_unfused_kv_write():
+    import re
+    quick, default = _script_regexes()
+    assert quick == ncu.KV_KERNEL_REGEX and default == ncu.DEFAULT_KERNEL_REGEX
+    for rx in (ncu.KV_KERNEL_REGEX, ncu.DEFAULT_KERNEL_REGEX, quick, default):
+        for name in KV_KERNELS:                 # ncu's regex: matches anywhere in the name
+            assert re.search(rx, name), (rx, name)
+        for other in ("_rotary_kernel", "_rms_norm_kernel", "_scv_compute_mask_kernel"):
+            assert not re.search(rx, other), (rx, other)
+    assert "paged_attention" in ncu.DEFAULT_KERNEL_REGEX
+
+
+@pytest.mark.parametrize("write_kernel", ["_rope_kv_write_kernel", "_write_kv_kernel"])
+def test_kv_write_counted_whatever_the_fusion(write_kernel):
+    kernels = _csv(os.path.join(DATA, "ncu_sample_synthetic.csv")).replace(
+        "_write_kv_kernel", write_kernel)
+    kv = ncu.metrics_from_csv(None, kernels)["kernels"]["kv_write_kernels"]
+    assert kv["write_kv"]["count"] == 2 and kv["write_kv"]["kernels"] == [write_kernel]
+    assert kv["write_kv"]["l2_write_bytes"] == 122944 * 32
+    assert kv["commit_staged"]["kernels"] == ["_commit_staged_kv_kernel"]
+
+
+def test_unprofiled_reason_lists_the_launched_kernels():
+    log = ("==PROF== Disconnected from process 7517\n==WARNING== No kernels were profiled.\n"
+           "Available Kernels:\n1. _paged_attention_kernel\n2. _rope_kv_write_kernel\n")
+    why = ncu.unprofiled_reason(log)
+    assert "no kernels were profiled" in why and "_rope_kv_write_kernel" in why
+    assert ncu.unprofiled_reason("==PROF== Disconnected from process 1") == ""
+
+
+def _h200_models():
+    from tools.profiling import byte_model
+    geo = {"num_layers": 30, "num_kv_heads": 3, "head_dim": 64, "dtype": "bfloat16"}
+    c = {"prompt_tokens": 100, "prefix_cache_hit_tokens": 0, "generation_tokens": 64,
+         "finished_requests": 8, "spec_num_drafts": 22, "spec_num_draft_tokens": 87,
+         "spec_num_accepted_tokens": 27, "nwor_tokens_staged": 0, "nwor_tokens_committed": 0}
+    return (byte_model.kv_bytes_written_model(c, geo), byte_model.kv_bytes_written_model(
+        dict(c, nwor_tokens_staged=87, nwor_tokens_committed=27), geo))
+
+
+def test_stats_keep_step_totals_when_a_kernels_pass_failed():
+    """The H200 quick run (2026-11-29): both steps passes succeeded, the baseline's kernels pass
+    matched nothing, and the nwor one matched only the commit. The whole-step totals must still
+    be reported, with exactly what is missing."""
+    off_model, stage_model = _h200_models()
+    err = "ncu wrote no report 'x_kernels.ncu-rep': nothing was profiled"
+    base = {"nwor_mode": "off", "scv_mode": "vectorized", "kv_bytes_written_model": off_model,
+            "ncu_metrics": dict(ncu.metrics_from_csv(
+                _csv(os.path.join(DATA, "ncu_sample_h200_steps_off.csv")), None),
+                pass_errors={"kernels": err}, kernel_regex="_write_kv|_commit_staged")}
+    commit_only = "\n".join(ln for ln in _csv(os.path.join(DATA, "ncu_sample_synthetic.csv"))
+                            .splitlines() if "_write_kv_kernel" not in ln)
+    nwor = {"nwor_mode": "stage", "scv_mode": "vectorized",
+            "kv_bytes_written_model": stage_model,
+            "ncu_metrics": dict(ncu.metrics_from_csv(
+                _csv(os.path.join(DATA, "ncu_sample_h200_steps_stage.csv")), commit_only),
+                kernel_regex="_write_kv|_commit_staged")}
+    text = ncu_stats.compare(base, nwor)
+    assert "Whole decode steps (NVTX ranges, app-range replay): 6 ranges vs 6" in text
+    assert "142.242" in text and "147.185" in text and "+4.943 MB" in text
+    assert f"baseline: kernels pass failed: {err}" in text
+    assert "baseline: NOT MEASURED, the kernels pass failed" in text
+    assert "nwor: write_kv NOT MEASURED: the kernels pass matched no KV-write kernel" in text
+    assert "not measured (steps pass" not in text
+    # one side's steps pass missing too: the other side's totals still print
+    no_steps = dict(base, ncu_metrics={"pass_errors": {"steps": "timed out"},
+                                       "passes": ["steps", "kernels"]})
+    text = ncu_stats.compare(no_steps, nwor)
+    assert "- ranges vs 6" in text and "147.185" in text
+    assert "baseline: NOT MEASURED, the steps pass failed (error above)" in text
+    assert "baseline: steps pass failed: timed out" in text
+
+
+def test_stats_rebuilt_from_a_runs_csvs(tmp_path):
+    """ncu_stats --from-csv on a run's folders: the baseline JSON kept only the kernels pass's
+    error, its steps CSV is still on disk."""
+    off_model, stage_model = _h200_models()
+    shutil = __import__("shutil")
+    for mode, model, label in (("off", off_model, "baseline"), ("stage", stage_model, "nwor")):
+        d = tmp_path / f"small_{label}_ncu"
+        d.mkdir()
+        shutil.copy(os.path.join(DATA, f"ncu_sample_h200_steps_{mode}.csv"),
+                    d / f"{mode}_vectorized_steps.csv")
+        (d / f"{mode}_vectorized_kernels.log").write_text(
+            "$ ncu --kernel-name regex:_write_kv|_commit_staged --replay-mode kernel app\n"
+            "==WARNING== No kernels were profiled.\nAvailable Kernels:\n"
+            "1. _paged_attention_kernel\n2. _rope_kv_write_kernel\n")
+        entry = {"nwor_mode": mode, "scv_mode": "vectorized", "kv_bytes_written_model": model,
+                 "ncu_metrics": {"error": "ncu wrote no report"}}
+        child = dict(entry, engine_steps={"warmup": 0, "measured": 6})
+        (d / f"{mode}_vectorized_child.json").write_text(
+            json.dumps({"summary": {"per_mode": [child]}}))
+        (tmp_path / f"small_{label}.json").write_text(
+            json.dumps({"config": {}, "summary": {"per_mode": [entry]}}))
+    m = ncu.metrics_from_dir(str(tmp_path / "small_baseline_ncu"), "off_vectorized",
+                             prior={"error": "ncu wrote no report"})
+    assert m["dram__bytes_write.sum"] == 142242048
+    assert m["steps"]["covers"].startswith("measured batches only: 6 step ranges")
+    assert "_rope_kv_write_kernel" in m["pass_errors"]["kernels"]
+    assert "the run recorded: ncu wrote no report" in m["pass_errors"]["kernels"]
+    assert m["kernel_regex"] == "_write_kv|_commit_staged" and "error" not in m
+    out = tmp_path / "stats.txt"
+    assert ncu_stats.main([str(tmp_path / "small_baseline.json"),
+                           str(tmp_path / "small_nwor.json"), "--from-csv",
+                           "--output", str(out)]) == 0
+    text = out.read_text()
+    assert "6 ranges vs 6" in text and "+4.943 MB" in text
+    assert "KV-write kernels: not measured" in text

@@ -14,7 +14,9 @@ Reports are exported as .ncu-rep and read back with `ncu --import ... --csv --pa
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 import shutil
 import subprocess
 from typing import Optional, Sequence
@@ -22,8 +24,16 @@ from typing import Optional, Sequence
 from tools.profiling import ncu_parse
 
 DEFAULT_NVTX_INCLUDE = "step/"
-DEFAULT_KERNEL_REGEX = "_write_kv|_commit_staged|paged_attention"
-KV_WRITE_KERNELS = {"write_kv": "_write_kv", "commit_staged": "_commit_staged"}
+# The KV-cache writes by their Triton kernel names (a kernel counts when its name starts with one
+# of the prefixes). write_kv: the fused rotary + KV write `_rope_kv_write_kernel`
+# (v1/attention/rope_kv_write.py, the default) or the unfused `_write_kv_kernel`
+# (v1/attention/kv_write.py, VLLM_DISABLE_KERNEL_FUSION=1); commit_staged: NWOR's
+# `_commit_staged_kv_kernel` (v1/spec_decode/nwor_commit.py). tests/tools/test_ncu_parse.py
+# checks these names against the kernels in vllm/.
+KV_WRITE_KERNELS = {"write_kv": ("_rope_kv_write", "_write_kv"),
+                    "commit_staged": ("_commit_staged",)}
+KV_KERNEL_REGEX = "|".join(p for ps in KV_WRITE_KERNELS.values() for p in ps)
+DEFAULT_KERNEL_REGEX = KV_KERNEL_REGEX + "|paged_attention"
 
 _PERM_MARKERS = ("ERR_NVGPUCTRPERM", "does not have permission to access NVIDIA GPU Performance "
                  "Counters")
@@ -124,12 +134,29 @@ def run(cmd: Sequence[str], log_path: str, timeout: Optional[float] = None,
         raise NcuError(f"ncu exited with {p.returncode} (log: {log_path}):\n{tail}")
 
 
-def export_csv(ncu: str, report: str, csv_path: str) -> str:
+def unprofiled_reason(log_text: str) -> str:
+    """What ncu's log says about an empty pass: with --kernel-name it lists the kernels the app
+    launched ("No kernels were profiled. Available Kernels: 1. name ..."), the list to fix a
+    regex against. "" when the log says nothing of the kind."""
+    if "No kernels were profiled" not in log_text:
+        return ""
+    names = re.findall(r"^\s*\d+\.\s+(\S+)\s*$", log_text.split("No kernels were profiled", 1)[1],
+                       re.M)
+    return ("ncu: no kernels were profiled" +
+            (f"; the app launched: {', '.join(names)}" if names else ""))
+
+
+def export_csv(ncu: str, report: str, csv_path: str, log_path: Optional[str] = None) -> str:
     """`ncu --import report --csv --page raw` (base units) -> csv_path; returns the text."""
     rep = report if report.endswith(".ncu-rep") else report + ".ncu-rep"
     if not os.path.exists(rep):
+        why = ""
+        if log_path and os.path.exists(log_path):
+            with open(log_path, errors="replace") as f:
+                why = unprofiled_reason(f.read())
         raise NcuError(f"ncu wrote no report {rep!r}: nothing was profiled (no NVTX range / "
-                       "kernel matched, or cudaProfilerStart was never called)")
+                       "kernel matched, or cudaProfilerStart was never called)"
+                       + (f". {why}" if why else ""))
     base = [ncu, "--import", rep, "--csv", "--page", "raw"]
     for cmd in (base + ["--print-units", "base"], base):
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -176,16 +203,18 @@ def summarize_steps(table: ncu_parse.NcuTable, drop_first: int = 0,
 
 
 def summarize_kernels(table: ncu_parse.NcuTable) -> dict:
-    """Per kernel (short names) plus the KV-write kernels' L2 write sectors and bytes."""
+    """Per kernel (short names) plus the KV-write kernels' L2 write sectors and bytes; each
+    label's `kernels` says which names it counted (count 0: none matched, nothing measured)."""
     for r in table.results:
         r.name = ncu_parse.short_kernel_name(r.name)
     s = ncu_parse.summarize(table, ncu_parse.METRICS)
     kv = {}
-    for label, prefix in KV_WRITE_KERNELS.items():
-        rows = [r for r in table.results if r.name.startswith(prefix)]
+    for label, prefixes in KV_WRITE_KERNELS.items():
+        rows = [r for r in table.results if r.name.startswith(prefixes)]
         agg = ncu_parse.aggregate(rows, ["lts__t_sectors_op_write.sum", "dram__bytes_write.sum"])
         sectors = agg["lts__t_sectors_op_write.sum"]
-        kv[label] = {"count": len(rows), "l2_write_sectors": sectors,
+        kv[label] = {"count": len(rows), "kernels": sorted({r.name for r in rows}),
+                     "l2_write_sectors": sectors,
                      "l2_write_bytes": None if sectors is None else sectors * 32,
                      "dram_write_bytes": agg["dram__bytes_write.sum"]}
     s["kv_write_kernels"] = kv
@@ -212,4 +241,64 @@ def metrics_from_csv(steps_csv: Optional[str], kernels_csv: Optional[str],
         out["totals_from"] = "steps" if "steps" in out else "kernels"
         out["totals_cover"] = (out["steps"]["covers"] if "steps" in out else
                                "the profiled KV kernels of the measured batches")
+    return out
+
+
+def profiled_run(child: dict) -> dict:
+    """The profiled child's own counters (its per-mode entry): the byte model of the run ncu saw."""
+    return {k: child.get(k) for k in (
+        "spec_num_drafts", "spec_num_draft_tokens", "spec_num_accepted_tokens",
+        "nwor_tokens_staged", "nwor_tokens_committed", "kv_bytes_written_model", "output_tokens")}
+
+
+def _flag(cmd_line: str, flag: str) -> Optional[str]:
+    m = re.search(re.escape(flag) + r"\s+(\S+)", cmd_line)
+    return m.group(1) if m else None
+
+
+def metrics_from_dir(ncu_dir: str, tag: str, prior: Optional[dict] = None,
+                     passes: Sequence[str] = ("steps", "kernels")) -> dict:
+    """Rebuild a mode's `ncu_metrics` from what its run left in ncu_dir ({tag}_{pass}.csv and
+    .log, {tag}_child.json; tag = '<nwor>_<scv>'): re-parse with the current code, or recover
+    the passes that succeeded when the JSON recorded only the first error. prior: the JSON's
+    ncu_metrics, for the errors it recorded. A pass without a CSV lands in pass_errors."""
+    prior = prior or {}
+    csvs: dict = {"steps": None, "kernels": None}
+    errors: dict = {}
+    info: dict = {}
+    for ps in passes:
+        csv_path, log_path = (os.path.join(ncu_dir, f"{tag}_{ps}.{ext}") for ext in ("csv", "log"))
+        log = ""
+        if os.path.exists(log_path):
+            with open(log_path, errors="replace") as f:
+                log = f.read()
+            cmd = log.splitlines()[0][2:] if log.startswith("$ ") else ""
+            if ps == "steps" and _flag(cmd, "--nvtx-include"):
+                info["nvtx_include"] = _flag(cmd, "--nvtx-include")
+            if ps == "kernels" and _flag(cmd, "--kernel-name"):
+                info["kernel_regex"] = _flag(cmd, "--kernel-name").removeprefix("regex:")
+        if os.path.exists(csv_path):
+            with open(csv_path) as f:
+                csvs[ps] = f.read()
+            continue
+        recorded = (prior.get("pass_errors") or {}).get(ps) or prior.get("error")
+        errors[ps] = "; ".join(x for x in (
+            f"no {tag}_{ps}.csv in {ncu_dir}", unprofiled_reason(log),
+            recorded and f"the run recorded: {recorded}") if x)
+    child, steps = None, {}
+    child_json = os.path.join(ncu_dir, f"{tag}_child.json")
+    if os.path.exists(child_json):
+        with open(child_json) as f:
+            child = json.load(f)["summary"]["per_mode"][0]
+        steps = child.get("engine_steps") or {}
+    out = metrics_from_csv(csvs["steps"], csvs["kernels"],
+                           steps_drop_first=steps.get("warmup", 0),
+                           steps_expect=steps.get("measured"))
+    out.update(info, passes=list(passes), rebuilt_from=ncu_dir)
+    if errors:
+        out["pass_errors"] = errors
+        if len(errors) == len(passes):            # nothing measured: the JSON's `error` key
+            out["error"] = "; ".join(f"{ps} pass: {e}" for ps, e in errors.items())
+    if child is not None:
+        out["profiled_run"] = profiled_run(child)
     return out

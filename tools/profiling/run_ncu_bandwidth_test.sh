@@ -12,7 +12,9 @@ Usage: tools/profiling/run_ncu_bandwidth_test.sh [--quick] [extra run_nwor_micro
   --quick  one device call end to end (a few minutes on an H100/H200): small size only,
            T=0.0, SmolLM2-135M shapes with DUMMY weights and CONTROLLED acceptance 0.6
            (unless TARGET_MODEL is set), 8 requests x 1 batch, no warm-up batch, 8 new tokens,
-           SCV vectorized, eager, KV-write/commit kernels only. Output: OUT=sweeps/ncu_quick.
+           SCV vectorized, eager, KV-write/commit kernels only (the fused _rope_kv_write_kernel
+           or the unfused _write_kv_kernel, and _commit_staged_kv_kernel).
+           Output: OUT=sweeps/ncu_quick.
 
 Whole-step totals (steps pass) cover exactly the measured batches: range replay also profiles
 the warm-up batches' steps, which are dropped by count; each JSON's ncu_metrics.totals_cover
@@ -45,7 +47,9 @@ if [ "${1:-}" = "--quick" ]; then
   OUT=${OUT:-sweeps/ncu_quick} TEMPS=${TEMPS:-0.0} SIZES=${SIZES:-small}
   SMALL_ARGS=${SMALL_ARGS:-"--scenario synthetic --requests 8 --batches 1 --warmup 0"}
   MAX_TOKENS=${MAX_TOKENS:-8} SCV_MODE=${SCV_MODE:-vectorized}
-  QUICK_FLAGS=(--enforce-eager --max-model-len 512 --ncu-kernel-regex '_write_kv|_commit_staged'
+  # = tools/profiling/ncu.py KV_KERNEL_REGEX (a test checks)
+  QUICK_FLAGS=(--enforce-eager --max-model-len 512
+               --ncu-kernel-regex '_rope_kv_write|_write_kv|_commit_staged'
                --ncu-timeout "${NCU_TIMEOUT:-200}")
   if [ -z "${TARGET_MODEL:-}" ]; then
     # SmolLM2-135M's shapes, config only: weights come from --load-format dummy
