@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import torch
 from safetensors.torch import save_file
@@ -52,3 +53,18 @@ def save_random_eagle_head(target_path: str, out_dir: str, seed: int = 0) -> str
     ecfg = dict(cfg, num_hidden_layers=1, architectures=["LlamaForCausalLM"])
     json.dump(ecfg, open(os.path.join(out_dir, "config.json"), "w"))
     return out_dir
+
+
+def repetitive_prompts(n: int = 6, seed: int = 0) -> list[dict]:
+    """Token-id prompts that repeat a random base 1-3 times (so n-gram lookup finds matches)."""
+    rng = random.Random(seed)
+    return [{"prompt_token_ids": [rng.randrange(3, 256) for _ in range(rng.randint(2, 12))]
+             * rng.randint(1, 3)} for _ in range(n)]
+
+
+def staggered_greedy_params(n: int = 6):
+    """Greedy params of different lengths, so requests finish at different steps (often inside
+    a verify window)."""
+    from vllm import SamplingParams
+    return [SamplingParams(temperature=0.0, max_tokens=9 + 5 * i, ignore_eos=True)
+            for i in range(n)]

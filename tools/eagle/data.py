@@ -8,22 +8,17 @@ array plus offsets, with a manifest (seed, counts, sizes, sha256 of every file).
     DIR/manifest.json"""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Sequence
 
 import numpy as np
 
+from vllm.v1.spec_decode.shipped import sha256_file as sha256
+
 FILES = ("tokens.npy", "offsets.npy", "prompt_lens.npy", "eval_prompts.jsonl")
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_dataset(out_dir: str, seqs: Sequence[Sequence[int]], prompt_lens: Sequence[int],

@@ -19,7 +19,6 @@ SHA256SUMS), loss_curve.png and train_result.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models_util import tiny_model
-from spec_util import save_random_eagle_head
+from spec_util import repetitive_prompts, save_random_eagle_head, staggered_greedy_params
 from vllm import LLM, SamplingParams
 from vllm.v1.spec_decode.adaptive import (PROBE_BUDGET, PROBE_MAX, PROBE_MIN, PROBE_REQS,
                                           AdaptiveDraftController, bucket)
@@ -176,17 +176,11 @@ def test_controller_validates_k():
 
 
 def _prompts(n=6, seed=0):
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        base = [rng.randrange(3, 256) for _ in range(rng.randint(2, 12))]
-        out.append({"prompt_token_ids": base * rng.randint(1, 3)})
-    return out
+    return repetitive_prompts(n, seed)
 
 
 def _params(n=6):
-    return [SamplingParams(temperature=0.0, max_tokens=9 + 5 * i, ignore_eos=True)
-            for i in range(n)]
+    return staggered_greedy_params(n)
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,14 @@ speculation; every request gets at most its cap of drafts (none at cap 0); the s
 equals the drafts the caps allowed but the exit withheld; it reaches /metrics and the log."""
 import dataclasses
 import logging
-import random
 import tempfile
 
 import numpy as np
 import pytest
 
 from models_util import tiny_model
-from spec_util import save_random_eagle_head
-from vllm import LLM, SamplingParams
+from spec_util import repetitive_prompts, save_random_eagle_head, staggered_greedy_params
+from vllm import LLM
 from vllm.entrypoints.openai.metrics import make_registry, render
 from vllm.v1.spec_decode.draft_model import DraftModelProposer
 from vllm.v1.spec_decode.eagle import EagleProposer
@@ -24,14 +23,11 @@ _CLS = {"ngram": NgramProposer, "draft_model": DraftModelProposer, "eagle": Eagl
 
 
 def _prompts(n=6, seed=0):
-    rng = random.Random(seed)
-    return [{"prompt_token_ids": [rng.randrange(3, 256) for _ in range(rng.randint(2, 12))]
-             * rng.randint(1, 3)} for _ in range(n)]
+    return repetitive_prompts(n, seed)
 
 
 def _params(n=6):
-    return [SamplingParams(temperature=0.0, max_tokens=9 + 5 * i, ignore_eos=True)
-            for i in range(n)]
+    return staggered_greedy_params(n)
 
 
 @pytest.fixture(scope="module")

@@ -1,28 +1,20 @@
 """Speculative decoding is lossless: greedy tokens with any proposer and any NWOR / SCV mode
 equal greedy tokens without speculation; metrics agree with the outputs."""
-import random
 import tempfile
 
 import pytest
 
 from models_util import tiny_model
-from spec_util import save_random_eagle_head
+from spec_util import repetitive_prompts, save_random_eagle_head, staggered_greedy_params
 from vllm import LLM, SamplingParams
 
 
 def _prompts(n=6, seed=0):
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        base = [rng.randrange(3, 256) for _ in range(rng.randint(2, 12))]
-        out.append({"prompt_token_ids": base * rng.randint(1, 3)})   # repetition: n-gram hits
-    return out
+    return repetitive_prompts(n, seed)
 
 
 def _params(n=6):
-    # different lengths so requests finish at different steps, often inside a verify window
-    return [SamplingParams(temperature=0.0, max_tokens=9 + 5 * i, ignore_eos=True)
-            for i in range(n)]
+    return staggered_greedy_params(n)
 
 
 @pytest.fixture(scope="module")
