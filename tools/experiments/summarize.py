@@ -84,7 +84,9 @@ def _row(name: str, doc: dict, entry: dict) -> dict[str, Any]:
         "latency_avg_s": entry.get("latency_avg_s"),
         "acceptance": entry.get("spec_acceptance_ratio"),
         "draft_tokens": entry.get("spec_num_draft_tokens"),
-        "stopped_tokens": entry.get("spec_draft_tokens_short_of_k"),
+        # the engine's counter where the run has it, else the slots left unused
+        "stopped_tokens": entry.get("spec_num_draft_tokens_stopped",
+                                    entry.get("spec_draft_tokens_short_of_k")),
         "dram_write_bytes": ncu.get("dram__bytes_write.sum"),
         "twin": None, "error": entry.get("error"),
         # the rate drafts were accepted with instead of verified (dummy weights; None: verified)

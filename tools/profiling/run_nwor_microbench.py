@@ -356,6 +356,9 @@ def per_mode_entry(args, nwor, scv, scv_effective, m: dict, geometry: dict, lat:
         # token comes from its prefill; each decode step emits 1 + its accepted drafts.
         "spec_decode_steps": decode_steps,
         "spec_draft_tokens_short_of_k": max(decode_steps * args.draft_tokens - dtoks, 0),
+        # the engine's own count of drafts withheld by the confidence exit (caps minus drafts)
+        "spec_num_draft_tokens_stopped": int(
+            m.get("vllm:spec_decode_num_draft_tokens_stopped", 0) or 0),
         "nwor_tokens_staged": staged,
         "nwor_tokens_committed": committed,
         "nwor_writes_saved_pct": 100.0 * (staged - committed) / staged if staged else 0.0,
@@ -583,8 +586,9 @@ def main(argv=None) -> int:
             slots = e["spec_decode_steps"] * args.draft_tokens
             where = f"nwor={e['nwor_mode']} scv={e['scv_mode']}"
             if spec.confidence_threshold > 0:
-                print(f"Confidence early exit stats: {e['spec_draft_tokens_short_of_k']} tokens "
-                      f"stopped of {slots} (decode steps x k - drafted; threshold="
+                print(f"Confidence early exit stats: {e['spec_num_draft_tokens_stopped']} tokens "
+                      f"stopped ({e['spec_draft_tokens_short_of_k']} of {slots} draft slots "
+                      f"unused: decode steps x k - drafted; threshold="
                       f"{spec.confidence_threshold}, adaptive="
                       f"{int(spec.adaptive_draft_length)}, {where})")
             elif spec.adaptive_draft_length:
