@@ -1,5 +1,6 @@
-"""Build a fresh EAGLE head for a target and save one in the published EAGLE-1 checkpoint layout
-(the names EagleHead.load_weights reads): config.json + model.safetensors (bf16) + SHA256SUMS."""
+"""Build a fresh EAGLE head for a target (or load a saved one to train further) and save one in
+the published EAGLE-1 checkpoint layout (the names EagleHead.load_weights reads): config.json +
+model.safetensors (bf16) + SHA256SUMS."""
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,10 @@ import os
 import torch
 from safetensors.torch import save_file
 
+from vllm.model_executor.model_loader import loader
 from vllm.model_executor.models.eagle import EagleHead
-from vllm.v1.spec_decode.shipped import write_checksums
+from vllm.v1.spec_decode.shipped import (CHECKSUM_FILE, REQUIRED_FILES, sha256_file,
+                                         verify_checksums, write_checksums)
 
 
 def head_config(target_cfg):
@@ -46,6 +49,29 @@ def new_head(target_cfg, device, seed: int = 0) -> EagleHead:
     for p in head.parameters():
         p.requires_grad_(True)
     return head
+
+
+def load_head(target_cfg, head_dir: str, device, seed: int = 0) -> tuple[EagleHead, dict]:
+    """A trainable fp32 head holding a saved head's weights (upstream EAGLE-1 layout, read the
+    way the engine reads it: EagleHead.load_weights), to continue training from. The folder's
+    SHA256SUMS is checked when it has one. Returns (head, {file: sha256} of the folder's files)."""
+    verify_checksums(head_dir)
+    with open(os.path.join(head_dir, "config.json")) as f:
+        saved = json.load(f)
+    for key in ("hidden_size", "vocab_size"):
+        if saved.get(key) != getattr(target_cfg, key):
+            raise ValueError(f"init head {head_dir!r}: {key} {saved.get(key)} != the target's "
+                             f"{getattr(target_cfg, key)}")
+    head = new_head(target_cfg, device, seed)      # every parameter is then overwritten
+    loaded = head.load_weights(loader._safetensors_weights(head_dir))
+    missing = {n for n, _ in head.named_parameters()} - loaded
+    if missing:
+        raise ValueError(f"init head {head_dir!r} lacks {sorted(missing)}")
+    for p in head.parameters():
+        p.requires_grad_(True)
+    files = sorted(set(REQUIRED_FILES) | {CHECKSUM_FILE})
+    return head, {n: sha256_file(os.path.join(head_dir, n)) for n in files
+                  if os.path.isfile(os.path.join(head_dir, n))}
 
 
 def head_state_dict(head: EagleHead) -> dict[str, torch.Tensor]:

@@ -10,11 +10,13 @@ engine's model code and loader, dense causal attention, no_grad) for its final h
 i.e. feature regression plus agreement of the drafted token with the target's greedy choice
 (the token the verifier accepts at temperature 0). The embedding and LM head are the target's,
 frozen. AdamW, linear warm-up then cosine decay over max(step / steps, elapsed / budget), fixed
-seeds, bf16 autocast on CUDA. Writes the head (config.json + model.safetensors bf16 +
+seeds, bf16 autocast on CUDA. `--init-head DIR` starts from a saved head (e.g. the shipped one)
+instead of the fresh init, with the same schedule, to keep training across runs. Writes the head (config.json + model.safetensors bf16 +
 SHA256SUMS), loss_curve.png and train_result.json.
 
     python3 -m tools.eagle.train --model SmolLM2-135M-Instruct --data /tmp/eagle_data \
-        --out /tmp/eagle_head --time-budget-s 200
+        --out /tmp/eagle_head --time-budget-s 200 \
+        [--init-head vllm/data/eagle/smollm2-135m-instruct]
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from tqdm.auto import tqdm
 from tools.common import run_metadata, write_json
 from tools.eagle.data import read_sequences
 from tools.eagle.dense import head_forward, target_hidden
-from tools.eagle.head_io import new_head, save_head
+from tools.eagle.head_io import load_head, new_head, save_head
 from vllm.model_executor.model_loader import loader
 
 W_CLS = 0.1     # EAGLE-1's weight of the token loss next to the feature regression
@@ -144,6 +146,9 @@ def parse_args(argv=None):
     ap.add_argument("--feature-noise", type=float, default=0.0,
                     help="std of Gaussian noise added to the input features (0: none)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init-head", default=None,
+                    help="head folder (upstream EAGLE-1 layout) to continue training from "
+                         "instead of the fresh init")
     ap.add_argument("--device", default=None)
     ap.add_argument("--log-every", type=int, default=10)
     return ap.parse_args(argv)
@@ -160,7 +165,11 @@ def main(argv=None) -> dict:
     cuda = dev.type == "cuda"
     t_load = time.perf_counter()
     target, cfg = load_target(args.model, dev, torch.bfloat16 if cuda else torch.float32)
-    head = new_head(cfg, dev, args.seed)
+    init_sha = None
+    if args.init_head:
+        head, init_sha = load_head(cfg, args.init_head, dev, args.seed)
+    else:
+        head = new_head(cfg, dev, args.seed)
     seqs = read_sequences(args.data)
     load_s = time.perf_counter() - t_load
     opt = torch.optim.AdamW(head.parameters(), lr=args.lr, betas=(0.9, 0.95),
@@ -199,7 +208,8 @@ def main(argv=None) -> dict:
     bar.close()
     train_s = time.perf_counter() - t0
     save_head(head, cfg, args.out, extra_config={"eagle_training": {
-        "target": args.model, "steps": step, "seed": args.seed, "data": args.data}})
+        "target": args.model, "steps": step, "seed": args.seed, "data": args.data,
+        "init_head": init_sha and {"path": args.init_head, "sha256": init_sha}}})
     png = plot_curve(log_steps, log_loss, os.path.join(results, "loss_curve.png"))
     tail = hist[-min(50, len(hist)):] if hist else []
 
@@ -213,7 +223,9 @@ def main(argv=None) -> dict:
            "final_loss": mean("loss", tail), "final_reg": mean("reg", tail),
            "final_cls": mean("cls", tail), "final_top1": mean("top1", tail),
            "loss_curve": {"steps": log_steps, "loss": log_loss}, "loss_curve_png": png,
-           "head": os.path.abspath(args.out)}
+           "head": os.path.abspath(args.out),
+           "init_head": args.init_head and os.path.abspath(args.init_head),
+           "init_head_sha256": init_sha}
     write_json(os.path.join(results, "train_result.json"), res)
     print(f"train: {step} steps in {train_s:.1f} s ({stopped_by}); loss {res['initial_loss']} "
           f"-> {res['final_loss']}, top-1 agreement {res['final_top1']}; head -> {args.out}")

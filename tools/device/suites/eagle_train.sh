@@ -14,6 +14,15 @@
 # Results in $R (packed into $OUT/eagle_train.tar.gz by run.sh) and, plainly, the head in
 # $OUT/eagle_head/ (config.json, model.safetensors, SHA256SUMS) with loss_curve.png,
 # data_manifest.json, train_result.json, eval_acceptance.json, bench_spec.json beside it in $OUT.
+# Continuing a head across calls: EAGLE_INIT_HEAD=DIR (a head folder in the upstream EAGLE layout,
+# relative to the repository root) is passed to train as --init-head, e.g.
+#   EAGLE_INIT_HEAD=vllm/data/eagle/smollm2-135m-instruct bash tools/device/run.sh eagle_train
+# continues from the shipped head (its sha256s land in train_result.json). EAGLE_DATA_DIR [/tmp/
+# eagle_data] is where the data is written; when it already holds a dataset (manifest.json, e.g.
+# a carried folder) generation is skipped and its ~3 min are free (raise EAGLE_TRAIN_BUDGET_S
+# by that much). A fresh gen with the same seed reproduces the same data; for new data pass
+# EAGLE_GEN_ARGS="--seed N" (the held-out prompts then change too) and EAGLE_TRAIN_ARGS="--seed N"
+# for a new batch order.
 # EAGLE_GEN_ARGS / EAGLE_TRAIN_ARGS pass extra flags to gen_data / train. Without matplotlib on
 # the device there is no PNG: redraw it here with python3 -m tools.eagle.plot_loss.
 #   bash tools/device/run.sh eagle_train
@@ -29,21 +38,26 @@ EVAL_PROMPTS=${EAGLE_EVAL_PROMPTS:-64}
 BATCH_TOKENS=${EAGLE_BATCH_TOKENS:-16384}
 GEN_ARGS=${EAGLE_GEN_ARGS:-}        # extra flags, e.g. "--temperature 0"
 TRAIN_ARGS=${EAGLE_TRAIN_ARGS:-}    # extra flags, e.g. "--lr 3e-4 --w-cls 0.5"
+INIT_HEAD=${EAGLE_INIT_HEAD:-}      # head folder to continue training from (empty: fresh init)
 R=${R:-$PWD/gpu_results/eagle_train}; OUT=${OUT:-/tmp/out}; mkdir -p "$R" "$OUT"
-DATA=/tmp/eagle_data; HEAD=$R/head
+DATA=${EAGLE_DATA_DIR:-/tmp/eagle_data}; HEAD=$R/head
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
 have_gguf || { echo "eagle_train needs the default model's GGUF (.gguf/smol.part00 and .part01)"; exit 3; }
 exec > >(tee "$R/eagle_train.log") 2>&1
 
-step $((GEN + 60)) python3 -m tools.eagle.gen_data --model "$SMOL_GGUF" --out "$DATA" \
-  --num-prompts "$NUM_PROMPTS" --num-eval "$EVAL_PROMPTS" --max-tokens "$MAX_TOKENS" \
-  --time-budget-s "$GEN" --max-num-seqs 256 --chunk 1024 $GEN_ARGS
+if [ -f "$DATA/manifest.json" ]; then
+  echo "SKIP gen_data: $DATA already holds a dataset"
+else
+  step $((GEN + 60)) python3 -m tools.eagle.gen_data --model "$SMOL_GGUF" --out "$DATA" \
+    --num-prompts "$NUM_PROMPTS" --num-eval "$EVAL_PROMPTS" --max-tokens "$MAX_TOKENS" \
+    --time-budget-s "$GEN" --max-num-seqs 256 --chunk 1024 $GEN_ARGS
+fi
 cp "$DATA/manifest.json" "$R/data_manifest.json" 2>/dev/null
 [ -f "$DATA/manifest.json" ] || { echo "no training data"; exit 4; }
 
 step $((TRAIN + 60)) python3 -m tools.eagle.train --model "$SMOL_GGUF" --data "$DATA" \
   --out "$HEAD" --results "$R" --time-budget-s "$TRAIN" --steps 100000 \
-  --batch-tokens "$BATCH_TOKENS" $TRAIN_ARGS
+  --batch-tokens "$BATCH_TOKENS" ${INIT_HEAD:+--init-head "$INIT_HEAD"} $TRAIN_ARGS
 [ -f "$HEAD/SHA256SUMS" ] || { echo "no trained head"; exit 5; }
 mkdir -p "$OUT/eagle_head" && cp "$HEAD"/* "$OUT/eagle_head/"
 
