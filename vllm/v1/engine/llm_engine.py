@@ -70,9 +70,8 @@ class LLMEngine:
         self._offered: dict[str, int] = {}     # per request: drafts offered for the next step
         self._caps: Optional[dict[str, int]] = None   # decided ahead of _draft (async mode)
         self._probe_step = False                # the next step is the controller's probe
-        # The step being timed for the controller: [speculative, batch, tokens, start, draft
-        # seconds, usable]; its period ends when the next step starts.
-        self._timing: Optional[list] = None
+        # The step being timed for the controller; its period ends when the next step starts.
+        self._timing: Optional[_StepTiming] = None
         self.async_scheduling = self._resolve_async()
         # (scheduler output, pending runner output) of the step launched but not yet applied.
         self._inflight: Optional[tuple] = None
@@ -244,7 +243,7 @@ class LLMEngine:
         # Drafts are verified (their rewind and the next drafts need this step's tokens), or
         # the next step speculates: apply this step now.
         if not launched_so.num_spec_tokens and self._timing is not None:
-            self._timing[5] = False     # a plain step that waited for its tokens: not typical
+            self._timing.usable = False     # a plain step that waited for its tokens: atypical
         launched, self._inflight = self._inflight, None
         outs += self._apply(launched, stream)
         if self.config.speculative_config is not None:
@@ -259,15 +258,16 @@ class LLMEngine:
             # A probe drafts for a few requests only: its cost says nothing of a full step.
             decode = so.num_tokens == len(so.reqs) + so.num_spec_tokens and not self._probe_step
             self._probe_step = False
-            self._timing = [so.num_spec_tokens > 0, len(so.reqs), so.num_tokens,
-                            time.perf_counter(), 0.0, decode]
+            self._timing = _StepTiming(so.num_spec_tokens > 0, len(so.reqs), so.num_tokens,
+                                       time.perf_counter(), usable=decode)
         return so
 
     def _time_step(self) -> None:
         """At the start of a step: the previous step's period goes to the controller."""
         t, self._timing = self._timing, None
-        if t is not None and t[5]:
-            self.adaptive.observe_step(t[0], t[1], t[2], time.perf_counter() - t[3], t[4])
+        if t is not None and t.usable:
+            self.adaptive.observe_step(t.speculative, t.batch, t.num_tokens,
+                                       time.perf_counter() - t.start, t.draft_seconds)
 
     def _wants_drafts(self) -> bool:
         """Asynchronous mode: will the next step speculate? (Decided before this step's tokens
@@ -295,7 +295,11 @@ class LLMEngine:
 
     def _apply(self, launched: tuple, stream: bool) -> list[RequestOutput]:
         so, pending = launched
-        ro = pending.result()
+        return self._apply_output(so, pending.result(), stream)
+
+    def _apply_output(self, so, ro, stream: bool) -> list[RequestOutput]:
+        """A step's runner output on the host: the controller's observations, the scheduler's
+        update, then stop checks, detokenization and outputs."""
         if self._offered:
             self._observe_windows(so, ro)
         touched = self.scheduler.update_from_output(so, ro)
@@ -318,19 +322,11 @@ class LLMEngine:
                 self.adaptive.observe_window(sr.req_id, cap, sr.num_spec, acc)
 
     def _step_sync(self, stream: bool) -> list[RequestOutput]:
-        sched = self.scheduler
         so = self._schedule()
-        ro = self.executor.execute_model(so)
-        if self._offered:
-            self._observe_windows(so, ro)
-        touched = sched.update_from_output(so, ro)
-        if self.adaptive is not None:
-            for req, _ in touched:
-                if req.finished:
-                    self.adaptive.drop(req.request_id)
+        outs = self._apply_output(so, self.executor.execute_model(so), stream)
         if self.config.speculative_config is not None:
             self._draft()
-        return self._process(touched, stream)
+        return outs
 
     def _draft(self) -> None:
         running = self.scheduler.running
@@ -360,14 +356,12 @@ class LLMEngine:
         if not preqs:
             return
         t0 = time.perf_counter()
-        drafts = self.executor.propose(preqs)
+        drafts = self.executor.propose(preqs)     # proposers honour max_drafts
         if caps is not None:
-            # the cap is the controller's decision: no proposer may exceed it
-            drafts = {rid: d[:caps[rid]] for rid, d in drafts.items()}
             dt = time.perf_counter() - t0
             self.adaptive.observe_draft_time(len(preqs), max(caps.values()), dt)
             if self._timing is not None:
-                self._timing[4] += dt
+                self._timing.draft_seconds += dt
         self.scheduler.set_drafts(drafts)
 
     def _process(self, touched, stream: bool) -> list[RequestOutput]:
@@ -459,6 +453,17 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self.executor.shutdown()
+
+
+@dataclass
+class _StepTiming:
+    """One step as the adaptive draft length controller learns from it."""
+    speculative: bool       # it verified drafts
+    batch: int              # requests in it
+    num_tokens: int
+    start: float            # perf_counter at its scheduling
+    draft_seconds: float = 0.0   # drafting for the next step, inside this step's period
+    usable: bool = True     # a typical decode step (not a probe, prefill or drain)
 
 
 def _may_draft(r: Request) -> bool:

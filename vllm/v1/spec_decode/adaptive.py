@@ -71,6 +71,14 @@ class _Acc:
 
 
 @dataclass
+class _PlainHold:
+    """A plain decision that holds for the next steps of one batch-size bucket."""
+    bucket: int
+    probe_interval: int     # plain steps between probes (0: never)
+    steps_left: int
+
+
+@dataclass
 class AdaptiveStats:
     steps_spec: int = 0
     steps_plain: int = 0
@@ -98,13 +106,12 @@ class AdaptiveDraftController:
         self.draft_time: dict[int, _Ewma] = {}     # per drafting step (model) or per call
         self.probe = PROBE_MIN
         self.plain_run = 0          # consecutive steps decided plain
-        self._probing = False
         self.probing = False        # the last decision was a probe (its step is not typical)
         self._probe_next = 0        # rotation of the requests a probe drafts for
-        # The last full decision was plain: (bucket, probe interval, steps it still holds for).
-        # Until something new is observed, steps of that bucket are plain without recomputing
-        # anything (the host is the bottleneck at load: this runs every step).
-        self._plain_until: Optional[list] = None
+        # The last full decision was plain. Until something new is observed, steps of its
+        # bucket are plain without recomputing anything (the host is the bottleneck at load:
+        # this runs every step).
+        self._plain_until: Optional[_PlainHold] = None
         self.stats = AdaptiveStats()
 
     # ------------------------------------------------------------------ costs
@@ -230,11 +237,11 @@ class AdaptiveDraftController:
         last decision was plain for this batch-size bucket, nothing was observed since, no probe
         is due, and fewer than REEVALUATE steps have passed); the step is counted as decided."""
         c = self._plain_until
-        if c is None or c[0] != bucket(num_running) or c[2] <= 0:
+        if c is None or c.bucket != bucket(num_running) or c.steps_left <= 0:
             return False
-        if c[1] and self.plain_run + 1 >= c[1]:
+        if c.probe_interval and self.plain_run + 1 >= c.probe_interval:
             return False        # a probe is due: decide() takes it
-        c[2] -= 1
+        c.steps_left -= 1
         self.plain_run += 1
         self.stats.steps_plain += 1
         self.stats.k_hist[0] += 1
@@ -247,8 +254,7 @@ class AdaptiveDraftController:
         if not req_ids:
             return {}
         k, r_spec, r_plain, caps = self.estimate(num_running, req_ids)
-        was_probe, self._probing = self._probing, False
-        self.probing = False
+        was_probe, self.probing = self.probing, False
         if r_spec > r_plain * (1 + PLAIN_MARGIN) and caps.any():
             if was_probe or self.plain_run:
                 self.probe = PROBE_MIN
@@ -263,7 +269,7 @@ class AdaptiveDraftController:
         if interval and self.plain_run >= interval:
             # refresh acceptance: a few requests draft at the full length
             self.plain_run = 0
-            self._probing = self.probing = True
+            self.probing = True
             self.stats.probes += 1
             self.stats.steps_spec += 1
             self.stats.k_hist[self.k_max] += 1
@@ -274,5 +280,5 @@ class AdaptiveDraftController:
             return {rid: self.k_max for rid in chosen}
         self.stats.steps_plain += 1
         self.stats.k_hist[0] += 1
-        self._plain_until = [bucket(num_running), interval, REEVALUATE]
+        self._plain_until = _PlainHold(bucket(num_running), interval, REEVALUATE)
         return {}
