@@ -175,25 +175,6 @@ def test_controller_validates_k():
 # ---------------------------------------------------------------- engines
 
 
-def _prompts(n=6, seed=0):
-    return repetitive_prompts(n, seed)
-
-
-def _params(n=6):
-    return staggered_greedy_params(n)
-
-
-@pytest.fixture(scope="module")
-def target():
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def baseline(target):
-    llm = LLM(target, enforce_eager=True)
-    return [o.outputs[0].token_ids for o in llm.generate(_prompts(), _params(), use_tqdm=False)]
-
-
 @pytest.mark.parametrize("method", ["ngram", "draft_model", "eagle"])
 @pytest.mark.parametrize("async_on", [False, True])
 def test_adaptive_greedy_identical(target, baseline, method, async_on):
@@ -208,7 +189,7 @@ def test_adaptive_greedy_identical(target, baseline, method, async_on):
     eng = llm.llm_engine
     assert eng.adaptive is not None and eng.async_scheduling == async_on
     assert eng.adaptive.verify_cost(1) > 0        # calibrated at start-up
-    outs = llm.generate(_prompts(), _params(), use_tqdm=False)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == baseline
     st = eng.adaptive.stats
     assert st.steps_spec > 0                      # optimistic start: speculation was tried
@@ -228,13 +209,13 @@ def test_adaptive_mixes_async_plain_steps_and_spec_steps(target, baseline):
         ctl.observe_step(True, 1 << (b - 1), 4 << (b - 1), 1.0)
         ctl.observe_step(False, 1 << (b - 1), 1 << (b - 1), 0.1)
     ctl.observe_step = lambda *a, **k: None         # keep the costs as set
-    outs = llm.generate(_prompts(), _params(), use_tqdm=False)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == baseline
     st = ctl.stats
     assert st.steps_plain > 0 and st.steps_plain > st.steps_spec
     m = llm.get_metrics_dict()
     # only probe steps drafted
-    assert m["vllm:spec_decode_num_drafts"] <= st.probes * len(_prompts())
+    assert m["vllm:spec_decode_num_drafts"] <= st.probes * len(repetitive_prompts())
 
 
 def test_adaptive_flag_from_env(monkeypatch, target):
@@ -267,7 +248,7 @@ def test_caps_are_never_exceeded(target):
         seen.extend(len(v) for v in d.values())
         real_set(d)
     eng.scheduler.set_drafts = set_drafts
-    llm.generate(_prompts(3), _params(3), use_tqdm=False)
+    llm.generate(repetitive_prompts(3), staggered_greedy_params(3), use_tqdm=False)
     assert seen and max(seen) == 1
     assert np.mean(seen) == 1.0
 

@@ -8,7 +8,6 @@ import tempfile
 import numpy as np
 import pytest
 
-from models_util import tiny_model
 from spec_util import repetitive_prompts, save_random_eagle_head, staggered_greedy_params
 from vllm import LLM
 from vllm.entrypoints.openai.metrics import make_registry, render
@@ -22,28 +21,9 @@ CAPS = [None, 0, 1, 2, None, 3]
 _CLS = {"ngram": NgramProposer, "draft_model": DraftModelProposer, "eagle": EagleProposer}
 
 
-def _prompts(n=6, seed=0):
-    return repetitive_prompts(n, seed)
-
-
-def _params(n=6):
-    return staggered_greedy_params(n)
-
-
-@pytest.fixture(scope="module")
-def target():
-    return tiny_model("llama")
-
-
 @pytest.fixture(scope="module")
 def eagle_dir(target):
     return save_random_eagle_head(target, tempfile.mkdtemp(prefix="eagle-"))
-
-
-@pytest.fixture(scope="module")
-def baseline(target):
-    llm = LLM(target, enforce_eager=True, block_size=8)
-    return [o.outputs[0].token_ids for o in llm.generate(_prompts(), _params(), use_tqdm=False)]
 
 
 def _cfg(method, target, eagle_dir, thr):
@@ -86,7 +66,7 @@ def test_exit_and_caps_lossless(target, eagle_dir, baseline, monkeypatch, method
     calls = _record(monkeypatch, method, capped)
     llm = LLM(target, enforce_eager=True, block_size=8,
               speculative_config=_cfg(method, target, eagle_dir, thr))
-    outs = llm.generate(_prompts(), _params(), use_tqdm=False)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == baseline
     drafted = expected_stopped = 0
     for reqs, caps, out in calls:
@@ -115,7 +95,7 @@ def test_stopped_counter_exported_and_logged(target, monkeypatch, caplog):
     llm = LLM(target, enforce_eager=True, block_size=8,
               speculative_config=_cfg("draft_model", target, None, 0.025))
     with caplog.at_level(logging.INFO, logger="vllm"):
-        llm.generate(_prompts(3), _params(3), use_tqdm=False)
+        llm.generate(repetitive_prompts(3), staggered_greedy_params(3), use_tqdm=False)
     n = llm.llm_engine.stats.spec.num_draft_tokens_stopped
     assert n > 0
     text = render(make_registry(lambda: [llm.llm_engine.stats])).decode()
@@ -132,6 +112,6 @@ def test_no_exit_log_without_threshold(target, monkeypatch, caplog):
     llm = LLM(target, enforce_eager=True, block_size=8,
               speculative_config=_cfg("draft_model", target, None, 0.0))
     with caplog.at_level(logging.INFO, logger="vllm"):
-        llm.generate(_prompts(2), _params(2), use_tqdm=False)
+        llm.generate(repetitive_prompts(2), staggered_greedy_params(2), use_tqdm=False)
     assert llm.llm_engine.stats.spec.num_draft_tokens_stopped == 0
     assert not [r for r in caplog.records if "Confidence early exit" in r.getMessage()]

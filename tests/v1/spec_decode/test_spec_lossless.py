@@ -4,28 +4,8 @@ import tempfile
 
 import pytest
 
-from models_util import tiny_model
 from spec_util import repetitive_prompts, save_random_eagle_head, staggered_greedy_params
 from vllm import LLM, SamplingParams
-
-
-def _prompts(n=6, seed=0):
-    return repetitive_prompts(n, seed)
-
-
-def _params(n=6):
-    return staggered_greedy_params(n)
-
-
-@pytest.fixture(scope="module")
-def target():
-    return tiny_model("llama")
-
-
-@pytest.fixture(scope="module")
-def baseline(target):
-    llm = LLM(target, enforce_eager=True)
-    return [o.outputs[0].token_ids for o in llm.generate(_prompts(), _params(), use_tqdm=False)]
 
 
 def _spec_cfgs(target):
@@ -43,7 +23,7 @@ def test_greedy_identical(target, baseline, method, nwor):
     cfg = _spec_cfgs(target)[method]
     llm = LLM(target, enforce_eager=True, speculative_config=cfg, nwor_mode=nwor,
               block_size=8)
-    outs = llm.generate(_prompts(), _params(), use_tqdm=False)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == baseline
     m = llm.get_metrics_dict()
     assert m["vllm:spec_decode_num_drafts"] > 0
@@ -63,7 +43,7 @@ def test_greedy_identical(target, baseline, method, nwor):
 def test_scv_modes_identical(target, baseline, scv):
     llm = LLM(target, enforce_eager=True, nwor_mode="stage", scv_mode=scv,
               speculative_config={"method": "ngram", "num_speculative_tokens": 3})
-    outs = llm.generate(_prompts(), _params(), use_tqdm=False)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == baseline
     counts = {k: v for k, v in llm.get_metrics_dict().items() if "scv_mask_steps" in k}
     assert sum(counts.values()) > 0
@@ -72,7 +52,7 @@ def test_scv_modes_identical(target, baseline, scv):
 def test_stop_and_eos_inside_window(target):
     """Stop tokens / strings hit in the middle of accepted drafts end the request there."""
     llm0 = LLM(target, enforce_eager=True)
-    p = _prompts(1, seed=5)[0]
+    p = repetitive_prompts(1, seed=5)[0]
     full = llm0.generate(p, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True),
                          use_tqdm=False)[0].outputs[0]
     stop_tok = full.token_ids[17]
@@ -93,7 +73,7 @@ def test_stop_and_eos_inside_window(target):
 
 
 def test_seeded_sampling_identical_nwor_off_vs_stage(target):
-    ps = _prompts(4, seed=9)
+    ps = repetitive_prompts(4, seed=9)
     sp = SamplingParams(temperature=0.8, top_p=0.9, seed=123, max_tokens=30, ignore_eos=True)
     res = []
     for nwor in ("off", "stage"):
@@ -108,7 +88,7 @@ def test_spec_with_preemption_and_chunked_prefill(target, baseline):
               max_num_batched_tokens=16, max_num_seqs=6, nwor_mode="stage",
               speculative_config={"method": "draft_model", "model": target,
                                   "num_speculative_tokens": 3})
-    outs = llm.generate(_prompts(), _params(), use_tqdm=False)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == baseline
     assert llm.get_metrics_dict()["vllm:num_preemptions"] > 0
     pool = llm.llm_engine.scheduler.kv.pool
