@@ -124,13 +124,18 @@ def _rank_main(rank: int, world: int, port: int, args, out_q) -> None:
                 clock(ar, args.iters) / args.iters * 1e6
             if device.type == "cuda":
                 n = 2 * args.layers
-                try:
-                    g = _graph_of(ar, n)
-                    dist.barrier()
-                    row["nccl_graph_us"] = clock(g.replay, args.graph_replays) / (
-                        args.graph_replays * n) * 1e6
-                except Exception as e:  # noqa: BLE001
-                    row["nccl_graph_error"] = f"{type(e).__name__}: {e}"[:300]
+
+                def graph_time(name, fn):
+                    """row[name_graph_us]: fn's time per call, n calls captured in one graph."""
+                    try:
+                        g = _graph_of(fn, n)
+                        dist.barrier()
+                        row[f"{name}_graph_us"] = clock(g.replay, args.graph_replays) / (
+                            args.graph_replays * n) * 1e6
+                    except Exception as e:  # noqa: BLE001
+                        row[f"{name}_graph_error"] = f"{type(e).__name__}: {e}"[:300]
+
+                graph_time("nccl", ar)
                 fn, note = _p2p_allreduce(x)
                 # Every rank takes the same branch (a one-sided failure would hang a barrier).
                 ok = torch.tensor([1 if fn is not None else 0], device=device)
@@ -139,13 +144,7 @@ def _rank_main(rank: int, world: int, port: int, args, out_q) -> None:
                 if ok.item():
                     dist.barrier()
                     row["p2p_eager_us"] = clock(fn, args.iters) / args.iters * 1e6
-                    try:
-                        g = _graph_of(fn, n)
-                        dist.barrier()
-                        row["p2p_graph_us"] = clock(g.replay, args.graph_replays) / (
-                            args.graph_replays * n) * 1e6
-                    except Exception as e:  # noqa: BLE001
-                        row["p2p_graph_error"] = f"{type(e).__name__}: {e}"[:300]
+                    graph_time("p2p", fn)
             for k in [k for k in row if k.endswith("_us")]:
                 row[k.replace("_us", "_per_layer_us")] = 2 * row[k]
                 row[k.replace("_us", "_per_step_ms")] = 2 * args.layers * row[k] / 1e3
