@@ -92,6 +92,11 @@ _register("VLLM_DRAFT_CONFIDENCE_THRESHOLD", 0.0, _float("VLLM_DRAFT_CONFIDENCE_
 _register("VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH", False, _bool("VLLM_SPEC_ADAPTIVE_DRAFT_LENGTH"),
           "Default of speculative_config's adaptive_draft_length: pick each step's number of "
           "drafts (0 = no speculation) from measured acceptance and step cost.")
+_register("VLLM_SPEC_CHAIN", True, _bool("VLLM_SPEC_CHAIN"),
+          "Chained speculative steps (draft_model / EAGLE, greedy, asynchronous scheduling): "
+          "verification, the drafter's catch-up and the next drafts run on the device in one "
+          "launch (one CUDA graph), and the next step is launched before this one's tokens "
+          "reach the host. 0 = every speculative step is synchronous (before/after runs).")
 _register("VLLM_TRITON_DISABLE", False, _bool("VLLM_TRITON_DISABLE"),
           "Use the torch reference paths even on a GPU (debugging).")
 _register("VLLM_DISABLE_KERNEL_FUSION", False, _bool("VLLM_DISABLE_KERNEL_FUSION"),

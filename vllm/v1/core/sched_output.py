@@ -31,6 +31,9 @@ class SchedulerOutput:
     num_tokens: int = 0
     finished_req_ids: list[str] = field(default_factory=list)
     num_preempted: int = 0
+    # A chained speculative step (spec_decode/chain.py): every request verifies k drafts;
+    # tokens the host does not know yet and the start positions come from the device.
+    chain: bool = False
 
     @property
     def num_spec_tokens(self) -> int:

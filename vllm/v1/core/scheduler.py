@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Iterable
+from typing import Iterable, Optional
 
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
@@ -195,6 +195,55 @@ class Scheduler:
             req.num_computed_tokens += num_new
             req.num_inflight += entry.sample
             out.num_tokens += num_new
+        return out
+
+    def schedule_chain(self, k: int, eligible) -> Optional[SchedulerOutput]:
+        """A chained speculative step (spec_decode/chain.py) of every running request, or None
+        when one cannot run now (the caller then drains the chain and schedules normally):
+        requests are waiting, one is not decoding with k drafts (or not eligible(req)), one
+        is too close to max_model_len, or the KV cache cannot hold every request's next
+        window. Positions are counted optimistically (all k drafts accepted); the rejected
+        ones are rewound when the step's output is applied, as after any verify step."""
+        if self.waiting or not self.running:
+            return None
+        k1 = k + 1
+        picked = []
+        for req in self.running:
+            n = req.num_inflight
+            if n > 1 or not eligible(req):
+                return None
+            if n == 0 and (len(req.spec_token_ids) != k
+                           or req.num_computed_tokens != req.num_tokens - 1):
+                return None     # not (yet) drafting k tokens from the host
+            # positions this step and the drafter's may reach (optimistic count, + lookahead)
+            if req.num_computed_tokens + 2 * k1 + self.num_lookahead > self.max_model_len:
+                return None
+            if n and self._will_finish(req):
+                continue        # its token in flight ends it: nothing more to compute
+            picked.append(req)
+        if not picked:
+            return None
+        for req in picked:
+            if not self.kv.allocate_slots(req, k1, self.num_lookahead):
+                return None     # (blocks already added stay with their running requests)
+        out = SchedulerOutput(finished_req_ids=self._finished_ids, chain=True)
+        self._finished_ids = []
+        for req in picked:
+            if req.num_inflight:
+                toks = [UNKNOWN_TOKEN_ID] * k1      # from the device: the previous step's
+            else:
+                toks = [req.all_token_ids[-1]] + list(req.spec_token_ids)
+            p = req.sampling_params
+            out.reqs.append(ScheduledReq(
+                req_id=req.request_id, token_ids=toks, num_spec=k,
+                start_pos=req.num_computed_tokens, block_ids=req.block_ids, sample=True,
+                params=p, prompt_len=req.num_prompt_tokens,
+                num_output_tokens=req.num_output_tokens + req.num_inflight,
+                eos_token_id=req.eos_token_id))
+            req.spec_token_ids = []
+            req.num_computed_tokens += k1
+            req.num_inflight += 1
+            out.num_tokens += k1
         return out
 
     def _fail_unadmittable(self, req: Request, num_new: int, out: SchedulerOutput) -> None:

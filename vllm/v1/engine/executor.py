@@ -32,6 +32,14 @@ class UniProcExecutor:
     def propose(self, reqs):
         return self.driver_runner.propose(reqs)
 
+    @property
+    def supports_chain(self) -> bool:
+        """Chained speculative steps (spec_decode/chain.py) can run."""
+        return self.driver_runner.supports_chain
+
+    def chain_exit(self, exits):
+        return self.driver_runner.chain_exit(exits)
+
     def calibrate_verify_cost(self, max_tokens: int):
         """{tokens: seconds} of the target forward (adaptive draft length's cost model)."""
         return self.driver_runner.calibrate_verify_cost(max_tokens)

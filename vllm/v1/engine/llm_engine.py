@@ -20,6 +20,7 @@ from vllm.v1.engine.fault_isolation import check_params_for_model, request_fault
 from vllm.v1.metrics.stats import EngineStats
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.adaptive import AdaptiveDraftController
+from vllm.v1.spec_decode.chain import chain_eligible
 from vllm.v1.spec_decode.proposer import ProposeReq
 
 logger = init_logger(__name__)
@@ -72,7 +73,12 @@ class LLMEngine:
         self._probe_step = False                # the next step is the controller's probe
         # The step being timed for the controller; its period ends when the next step starts.
         self._timing: Optional[_StepTiming] = None
+        # Chained speculative steps (spec_decode/chain.py): the runner can verify and draft
+        # on the device, so speculative steps are launched asynchronously too.
+        self._chain = bool(getattr(self.executor, "supports_chain", False)) \
+            and self.adaptive is None
         self.async_scheduling = self._resolve_async()
+        self._chain = self._chain and self.async_scheduling
         # (scheduler output, pending runner output) of the step launched but not yet applied.
         self._inflight: Optional[tuple] = None
 
@@ -81,9 +87,10 @@ class LLMEngine:
         if not cfg.scheduler_config.async_scheduling:
             return False
         why = None
-        if cfg.speculative_config is not None and self.adaptive is None:
+        if cfg.speculative_config is not None and self.adaptive is None and not self._chain:
             why = ("speculative decoding drafts every step from the previous step's tokens on "
-                   "the host; with adaptive_draft_length, steps without drafts run "
+                   "the host (chained steps need a model drafter: the runner said why at "
+                   "start-up); with adaptive_draft_length, steps without drafts run "
                    "asynchronously")
         elif not getattr(self.executor, "supports_async", False):
             why = "tensor parallelism: the workers receive host token ids every step"
@@ -92,7 +99,8 @@ class LLMEngine:
                      "Asynchronous scheduling falls back to synchronous steps (%s)", why)
             return False
         logger.info("Asynchronous scheduling on: step n+1 is scheduled while step n runs%s",
-                    " (steps without drafts)" if self.adaptive is not None else "")
+                    " (steps without drafts)" if self.adaptive is not None else
+                    " (chained speculative steps)" if self._chain else "")
         return True
 
     def _make_adaptive(self) -> Optional[AdaptiveDraftController]:
@@ -224,6 +232,10 @@ class LLMEngine:
         return outs
 
     def _step_async(self, stream: bool) -> list[RequestOutput]:
+        if self._chain:
+            outs = self._step_chain(stream)
+            if outs is not None:
+                return outs
         so = self._schedule()
         prev, self._inflight = self._inflight, None
         if so.reqs or so.finished_req_ids:
@@ -250,6 +262,27 @@ class LLMEngine:
             self._draft()
         return outs
 
+    def _step_chain(self, stream: bool) -> Optional[list[RequestOutput]]:
+        """A chained speculative step, launched before the previous one is applied; or the
+        drain of the chain when the next step cannot be chained (None: nothing chained is in
+        flight, schedule normally)."""
+        k = self.config.speculative_config.num_speculative_tokens
+        so = self.scheduler.schedule_chain(k, _chain_eligible)
+        prev, self._inflight = self._inflight, None
+        if so is None:
+            if prev is None:
+                return None
+            # Apply the last chained step; its requests continue on the normal path (a plain
+            # step, then drafts from the host), the drafter told where its cache stands.
+            outs = self._apply(prev, stream)
+            self.executor.chain_exit([(r.req_id, self.seqs[r.req_id].req.num_tokens)
+                                      for r in prev[0].reqs if r.req_id in self.seqs
+                                      and not self.seqs[r.req_id].req.finished])
+            return outs
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        self._inflight = (so, self.executor.execute_model_async(so))
+        return self._apply(prev, stream) if prev is not None else []
+
     def _schedule(self):
         so = self.scheduler.schedule()
         self.stats.num_preemptions = self.scheduler.num_preemptions
@@ -273,7 +306,8 @@ class LLMEngine:
         """Asynchronous mode: will the next step speculate? (Decided before this step's tokens
         are known; _draft then uses the decision.)"""
         if self.adaptive is None:
-            return False
+            # without the controller every step drafts (chained steps draft on the device)
+            return self.config.speculative_config is not None
         sched = self.scheduler
         if self.adaptive.stays_plain(len(sched.running)):
             return False
@@ -470,6 +504,10 @@ def _may_draft(r: Request) -> bool:
     """Penalties and an active min_tokens mask change the target distribution per step."""
     p = r.sampling_params
     return not p.has_penalties and r.num_output_tokens >= p.min_tokens
+
+
+def _chain_eligible(r: Request) -> bool:
+    return chain_eligible(r.sampling_params, r.num_output_tokens)
 
 
 def _needs_host_history(so) -> bool:

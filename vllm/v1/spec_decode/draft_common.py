@@ -22,6 +22,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
 from vllm.v1.core.sched_output import ScheduledReq, SchedulerOutput
 from vllm.v1.constants import PADDING_SLOT_ID
+from vllm.v1.spec_decode.chain import chain_attention
 from vllm.v1.spec_decode.early_exit import DraftExit
 from vllm.v1.spec_decode.proposer import Proposer, ProposeReq, ProposerContext
 
@@ -268,6 +269,52 @@ class PagedDrafter(Proposer):
         """The forward to capture as CUDA graphs over DraftBatch's persistent inputs, or None
         (graphs off: every forward runs eagerly)."""
         raise NotImplementedError
+
+    # ---- chained steps (spec_decode/chain.py) ---------------------------------------------
+    # Position of the drafter cache entry a catch-up row of input j writes: start + offset + j
+    # (EAGLE 0: the entry at p pairs the target's hidden state at p with the token at p + 1;
+    # a draft model 1: the entry at p is the token at p).
+    chain_position_offset: int = 0
+
+    def chain_forward(self, ids: torch.Tensor, positions: torch.Tensor,
+                      feats: torch.Tensor) -> torch.Tensor:
+        """ids/positions [T], feats [T, H] (the target's hidden states, or the drafter's own
+        features on single-token steps; a draft model ignores them) -> features [T, H]. Runs
+        inside the caller's forward context."""
+        raise NotImplementedError
+
+    def chain_draft(self, hidden: torch.Tensor, am: torch.Tensor, start: torch.Tensor,
+                    n_acc: torch.Tensor, valid_req: torch.Tensor, block_tables: torch.Tensor,
+                    num_blocks: torch.Tensor, max_reqs: int) -> torch.Tensor:
+        """A chained step's drafting, on the device with static shapes: hidden [R * (k + 1), H]
+        target hidden states, am [R, k + 1] the target's argmax tokens, start [R] the step's
+        start positions, n_acc [R] accepted drafts, valid_req [R] (False: padding row).
+        Returns the next drafts [R, k]: a catch-up over all k + 1 rows (row n_acc kept), then
+        k - 1 single-token steps."""
+        R, K1 = am.shape
+        bs, off = self.block_size, self.chain_position_offset
+        md, pos = chain_attention(block_tables, num_blocks, start + off, K1, valid_req, bs,
+                                  max_reqs)
+        with set_forward_context(ForwardContext(md, self.kv_cache)):
+            feats = self.chain_forward(am.reshape(-1), pos, hidden)              # [T, H]
+        H = feats.shape[-1]
+        f = feats.view(R, K1, H).gather(1, n_acc.view(R, 1, 1).expand(R, 1, H))[:, 0]
+        tok = self._compute_logits(f).argmax(dim=-1)
+        toks = [tok]
+        first = start + off + n_acc + 1
+        for i in range(1, self.k):
+            md, pos = chain_attention(block_tables, num_blocks, first + (i - 1), 1, valid_req,
+                                      bs, max_reqs)
+            with set_forward_context(ForwardContext(md, self.kv_cache)):
+                f = self.chain_forward(tok, pos, f)
+            tok = self._compute_logits(f).argmax(dim=-1)
+            toks.append(tok)
+        return torch.stack(toks, 1)
+
+    def chain_exit(self, req_id: str, num_tokens: int) -> None:
+        """The request left a chain with num_tokens tokens (the last one's target K/V not yet
+        computed): the drafter's cache holds valid entries below num_tokens - 1 + offset."""
+        self.computed[req_id] = num_tokens - 1 + self.chain_position_offset
 
     def _features(self, items: list[DraftItem], tokens: Optional[torch.Tensor] = None,
                   hidden: Optional[torch.Tensor] = None,

@@ -40,6 +40,11 @@ class DraftModelProposer(PagedDrafter):
         model = self.model
         return lambda ids, pos, T: model(ids, pos)
 
+    chain_position_offset = 1
+
+    def chain_forward(self, ids, positions, feats):
+        return self.model(ids, positions)
+
     def _catch_up(self, reqs: list[ProposeReq]):
         items = []
         for r in reqs:

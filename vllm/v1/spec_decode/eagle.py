@@ -125,6 +125,13 @@ class EagleProposer(PagedDrafter):
         head, target, hid = self.head, self.ctx.target, self.batch.hidden
         return lambda ids, pos, T: head(target.embed(ids), hid[:T], pos)
 
+    def chain_forward(self, ids, positions, feats):
+        return self.head(self.ctx.target.embed(ids), feats, positions)
+
+    def chain_exit(self, req_id: str, num_tokens: int) -> None:
+        super().chain_exit(req_id, num_tokens)
+        self.stash.pop(req_id, None)    # the chain consumed every stashed position
+
     def _run_eager(self, items: list[DraftItem], tokens, hidden: torch.Tensor, alive=None):
         model = _HeadOnTarget(self.head, self.ctx.target, hidden, tokens)
         return self.batch.run(model, self.kv_cache, items, alive=alive)

@@ -12,6 +12,7 @@ import torch
 
 from vllm.config import VllmConfig
 from vllm.logger import init_logger
+from vllm.platform import to_device_async
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.constants import PLACEHOLDER_TOKEN_ID
 from vllm.v1.core.sched_output import SchedulerOutput
@@ -104,7 +105,7 @@ class SpecDecodeStep:
         `acceptance_rate` (until the first rejection); the emitted token after the accepted
         prefix is the target argmax, forced to differ from the rejected draft."""
         R, K = len(spec.num_draft_tokens), spec.max_spec_len
-        ks = torch.tensor(spec.num_draft_tokens, device=self.device)
+        ks = to_device_async(torch.tensor(spec.num_draft_tokens), self.device)
         cu = spec.cu_num_draft_tokens.long()
         starts = cu - ks
         pos = torch.arange(K, device=self.device)

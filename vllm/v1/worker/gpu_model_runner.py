@@ -20,6 +20,7 @@ from vllm.v1.constants import PADDING_SLOT_ID
 from vllm.v1.core.sched_output import RunnerOutput, SchedulerOutput
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.sampler import Sampler
+from vllm.v1.spec_decode.chain import SpecChain, chain_unsupported_reason
 from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext, build_proposer
 from vllm.v1.spec_decode.spec_step import SpecDecodeCounters, SpecDecodeStep
 from vllm.v1.worker.cudagraph import CudaGraphRunner, default_capture_sizes
@@ -54,6 +55,7 @@ class GPUModelRunner:
         # Decode batches of greedy requests: forward, LM head and argmax in one graph.
         self.greedy_graphs = CudaGraphRunner([])
         self.spec_step: Optional[SpecDecodeStep] = None   # when speculative decoding is on
+        self.chain: Optional[SpecChain] = None   # chained speculative steps, when they can run
         # Host time of each step launch; bounded, a server runs for ever.
         self.step_times: deque[float] = deque(maxlen=64)
         self._last_tokens: Optional[torch.Tensor] = None   # [n] previous launch's samples
@@ -108,6 +110,36 @@ class GPUModelRunner:
                     min(self.max_tokens, 512, sc.max_num_seqs)), pool=self.graphs.pool,
                     name="greedy decode")
                 self.greedy_graphs.capture(self._graph_forward_greedy)
+        if cfg.speculative_config is not None:
+            self._init_chain()
+
+    def _init_chain(self) -> None:
+        why = chain_unsupported_reason(self.config, self.device)
+        if why is not None:
+            logger.info("Chained speculative steps off: %s", why)
+            return
+        use_graphs = self.device.type == "cuda" and not self.config.enforce_eager
+        self.chain = SpecChain(self.config.speculative_config.num_speculative_tokens,
+                               self.buffers, self._graph_forward, self.model.compute_logits,
+                               self.proposer, self.kv_cache,
+                               # shares the forward graphs' pool: they never run concurrently
+                               lambda sizes, name: CudaGraphRunner(sizes, pool=self.graphs.pool,
+                                                                   name=name),
+                               default_capture_sizes, use_graphs)
+        logger.info("Chained speculative steps on: verify + drafting in one launch%s, the next "
+                    "step launched before this one's tokens reach the host",
+                    " (CUDA graphs)" if self.chain.graphs.graphs else "")
+
+    @property
+    def supports_chain(self) -> bool:
+        return self.chain is not None
+
+    def chain_exit(self, exits: list[tuple[str, int]]) -> None:
+        """Requests (id, tokens) left the chain: the drafter takes over their bookkeeping."""
+        if self.chain is not None:
+            self.chain.reset()
+        for rid, n in exits:
+            self.proposer.chain_exit(rid, n)
 
     @torch.inference_mode()
     def calibrate_verify_cost(self, max_tokens: int, reps: int = 3) -> dict[int, float]:
@@ -185,6 +217,8 @@ class GPUModelRunner:
         return pending
 
     def _launch(self, so: SchedulerOutput) -> "PendingOutput":
+        if so.chain:
+            return self._launch_chain(so)
         reqs = so.reqs
         spec = self.spec_step
         plan = spec.plan(so) if spec is not None else None
@@ -234,6 +268,29 @@ class GPUModelRunner:
             spec_out = spec.verify_and_commit(plan, logits, md, self.kv_cache)
         return self._pending(so, inp, logits, plain, plain_tokens, spec_out, plan)
 
+    def _launch_chain(self, so: SchedulerOutput) -> "PendingOutput":
+        """A chained speculative step (spec_decode/chain.py): one replay of its graph."""
+        chain, K1 = self.chain, self.chain.k + 1
+        R = len(so.reqs)
+        rows = chain.padded_rows(R)
+        n = rows or R
+        self.buffers.prepare(so, n * K1, None, extra=chain.host_inputs(so.reqs, n))
+        out = chain.launch(so.reqs, rows)
+        self._last_tokens, self._last_rows = None, {}
+        # A copy now: the static output is rewritten by the next step (launched before this
+        # one is read).
+        done = None
+        if self.device.type == "cuda":
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            host = out.clone()
+        p = PendingOutput(self, so, None, None, [], None, None, done, None, None)
+        p.chain_tokens = host
+        return p
+
     def _launch_greedy_decode(self, so, inp, Tg: int) -> "PendingOutput":
         """Every request decodes one greedy token: a single graph replay yields the tokens."""
         T = len(so.reqs)
@@ -280,6 +337,8 @@ class GPUModelRunner:
     def _finish(self, p: "PendingOutput") -> RunnerOutput:
         """The host side of a launched step: its tokens (the step's one sync), logprobs."""
         reqs = p.so.reqs
+        if p.chain_tokens is not None:
+            return self._finish_chain(p)
         sampled: list[list[int]] = [[] for _ in reqs]
         if p.plain_tokens is not None:
             if p.done is not None:
@@ -301,6 +360,21 @@ class GPUModelRunner:
             logprobs = gather_logprobs(p.logits, reqs, p.inp.req_first_row, sampled)
         return RunnerOutput(req_ids=[r.req_id for r in reqs], sampled_token_ids=sampled,
                             logprobs=logprobs, num_spec=[r.num_spec for r in reqs])
+
+    def _finish_chain(self, p: "PendingOutput") -> RunnerOutput:
+        if p.done is not None:
+            while not p.done.query():
+                time.sleep(0)
+        reqs = p.so.reqs
+        k = self.chain.k
+        stats = self.spec_step.stats
+        sampled = []
+        for row in p.chain_tokens.tolist():
+            toks = [t for t in row if t >= 0]
+            stats.observe(k, len(toks) - 1)
+            sampled.append(toks)
+        return RunnerOutput(req_ids=[r.req_id for r in reqs], sampled_token_ids=sampled,
+                            num_spec=[k] * len(reqs))
 
     def _sampling_metadata(self, reqs) -> SamplingMetadata:
         gens = {}
@@ -344,6 +418,7 @@ class PendingOutput:
         self.plain, self.plain_tokens = plain, plain_tokens
         self.host_tokens, self.done = host_tokens, done
         self.spec_out, self.plan = spec_out, plan
+        self.chain_tokens: Optional[torch.Tensor] = None   # [R, k + 1] host (chained step)
         self._result: Optional[RunnerOutput] = None
 
     @staticmethod

@@ -59,9 +59,19 @@ class InputBuffers:
         self._bt_len = [0] * max_reqs
         self._cuda = device.type == "cuda"
         self.logits_idx = torch.zeros(max_tokens, dtype=i64, device=device)
-        # Worst case of one step's staged bytes: 5 int64 + 1 int32 per token, the block
-        # tables, context lengths and query starts, plus alignment padding.
-        nbytes = (5 * 8 + 4) * max_tokens + 4 * max_reqs * max_blocks + 8 * (max_reqs + 1) + 256
+        # Speculative layout (SpecDecodeMetadata's device tensors are views of these): drafts
+        # [N_d], their cache slots [N_d], logits rows [N_d + R_s], cumulative counts [R_s].
+        self.draft_ids = torch.zeros(max_tokens, dtype=i64, device=device)
+        self.draft_slots = torch.zeros(max_tokens, dtype=i64, device=device)
+        self.target_rows = torch.zeros(max_tokens, dtype=i64, device=device)
+        self.cu_drafts = torch.zeros(max_reqs, dtype=i32, device=device)
+        # Per request: allocated blocks (chained steps compute slots on the device) [R].
+        self.req_num_blocks = torch.zeros(max_reqs, dtype=i64, device=device)
+        # Worst case of one step's staged bytes: 8 int64 + 1 int32 per token, the block
+        # tables, per request up to 4 int32 + 3 int64 (context lengths, query starts, draft
+        # counts; block counts and a chained step's two arrays), plus alignment padding.
+        nbytes = (8 * 8 + 4) * max_tokens + 4 * max_reqs * max_blocks + 40 * (max_reqs + 1) \
+            + 1024
         self._h2d = PackedH2D(nbytes, device)
 
     def attn_view(self, T: int, with_stage: bool = False) -> AttentionMetadata:
@@ -72,9 +82,10 @@ class InputBuffers:
             stage_index=self.stage_index[:T] if with_stage else None)
 
     def prepare(self, so: SchedulerOutput, padded_tokens: int,
-                plan: Optional[SpecStepPlan]) -> StepInputs:
+                plan: Optional[SpecStepPlan], extra=()) -> StepInputs:
         """plan: the step's speculative plan (None: speculative decoding is off); it says
-        whether drafts go to NWOR staging and whether the staging index is passed at all."""
+        whether drafts go to NWOR staging and whether the staging index is passed at all.
+        extra: more (device buffer view, host array) pairs to send in the same transfer."""
         stage_drafts = plan is not None and plan.staged
         keep_stage_index = plan is not None and plan.stage_index
         reqs = so.reqs
@@ -175,18 +186,26 @@ class InputBuffers:
         h2d.add(self.query_start_loc, qsl_full)
         li = np.asarray(logits_idx, dtype=np.int64)
         h2d.add(self.logits_idx[:len(li)], li)
-        h2d.flush()
-        attn = self.attn_view(Tp, with_stage=stage_t is not None)
+        for dst, arr in extra:
+            h2d.add(dst, arr)
+        if so.chain and R:
+            h2d.add(self.req_num_blocks[:R], nblk)
         spec = None
-        if spec_req:
-            dev = self.device
+        if spec_req and not so.chain:
+            # Staged with the rest: a torch.tensor(..., device="cuda") per array would block
+            # the host until the GPU is idle, four times a step.
+            nd, ns = len(draft_ids), len(spec_req)
+            h2d.add(self.draft_ids[:nd], np.asarray(draft_ids, dtype=np.int64))
+            h2d.add(self.draft_slots[:nd], np.asarray(draft_slots, dtype=np.int64))
+            h2d.add(self.target_rows[:nd + ns], np.asarray(target_rows, dtype=np.int64))
+            h2d.add(self.cu_drafts[:ns], np.cumsum(spec_k).astype(np.int32))
             spec = SpecDecodeMetadata(
                 req_indices=spec_req, num_draft_tokens=spec_k,
-                draft_token_ids=torch.tensor(draft_ids, dtype=torch.int64, device=dev),
-                cu_num_draft_tokens=torch.tensor(np.cumsum(spec_k), dtype=torch.int32,
-                                                 device=dev),
-                target_logits_rows=torch.tensor(target_rows, dtype=torch.int64, device=dev),
-                draft_slots=torch.tensor(draft_slots, dtype=torch.int64, device=dev))
+                draft_token_ids=self.draft_ids[:nd], cu_num_draft_tokens=self.cu_drafts[:ns],
+                target_logits_rows=self.target_rows[:nd + ns],
+                draft_slots=self.draft_slots[:nd])
+        h2d.flush()
+        attn = self.attn_view(Tp, with_stage=stage_t is not None)
         return StepInputs(
             num_tokens=T, num_reqs=R, attn=attn, input_ids=self.input_ids[:Tp],
             positions=self.positions[:Tp],

@@ -1,0 +1,226 @@
+"""Chained speculative steps: verification, the drafter's catch-up and the next step's drafts
+in one launch on the device (one CUDA graph per padded batch size), so the next step can be
+launched before this one's tokens reach the host.
+
+A chained step verifies k drafts for every request of the batch (greedy). Per request row r
+with start position s (the position of its last committed token t, whose K/V are not in the
+cache yet) and input tokens [t, d_1 .. d_k] at positions s .. s + k:
+
+  target forward -> argmax a_0 .. a_k (a_j: the target's token after input j)
+  rejection scan + SCV mask -> accepted prefix n (a_j == d_{j+1} for j < n); emitted tokens
+      a_0 .. a_n (the accepted drafts, then the recovered-or-bonus token a_n)
+  drafter catch-up over all k + 1 rows (tokens a_0 .. a_k), keeping row n: rows past n see
+      rejected tokens, but causally row n only sees accepted ones, and the drafter K/V the
+      rows past n wrote sit at positions the next step's catch-up writes again before any
+      query reads them
+  k - 1 single-token drafter steps -> the next drafts d'_1 .. d'_k
+  state: next start s + n + 1, next input tokens [a_n, d'_1 .. d'_k]
+
+The next chained step gathers its inputs from that state by row (requests may finish or be
+aborted in between), on the device: the host never needs this step's tokens to launch the
+next one. It learns them one step later, applies them (stop checks, detokenization) and
+rewinds its optimistic position count by the rejected drafts, exactly as after a synchronous
+verify step. Requests that enter a chain (their drafts came from the host) carry their tokens
+and start position from the host.
+
+The drafter's cache: for EAGLE the entry at position p pairs the target's hidden state at p
+with the token at p + 1 (catch-up rows at positions s .. s + k); for a draft model the entry at
+p is the token at p (rows at s + 1 .. s + k + 1): `chain_position_offset` 0 or 1."""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from vllm.forward_context import AttentionMetadata
+from vllm.logger import init_logger, log_once
+from vllm.v1.constants import PADDING_SLOT_ID, UNKNOWN_TOKEN_ID
+from vllm.v1.sample.rejection_sampler import rejection_scan
+from vllm.v1.spec_decode.scv import scv_compute_mask
+
+logger = init_logger(__name__)
+
+
+def chain_unsupported_reason(config, device: torch.device) -> Optional[str]:
+    """Why this configuration cannot chain speculative steps (None: it can)."""
+    from vllm import envs
+    sc = config.speculative_config
+    opts = config.spec_options
+    if sc is None:
+        return "speculative decoding is off"
+    if not envs.get("VLLM_SPEC_CHAIN"):
+        return "VLLM_SPEC_CHAIN=0"
+    if sc.method not in ("eagle", "draft_model"):
+        return f"method {sc.method!r} drafts on the host (chaining needs a model drafter)"
+    if not config.scheduler_config.async_scheduling:
+        return "asynchronous scheduling is off"
+    if config.parallel_config.tensor_parallel_size > 1:
+        return "tensor parallelism"
+    if opts.nwor_mode != "off":
+        return f"NWOR mode {opts.nwor_mode!r} (staged drafts are committed from the host plan)"
+    if opts.scv_mode == "off":
+        return "SCV mode 'off' (the host reference loop)"
+    if sc.adaptive_draft_length:
+        return "adaptive draft length (per-step, per-request lengths)"
+    if sc.confidence_threshold > 0:
+        return "a confidence threshold (per-request draft lengths)"
+    if sc.acceptance_rate is not None:
+        return "a controlled acceptance rate (benchmark mode)"
+    return None
+
+
+def chain_eligible(params, num_output_tokens: int) -> bool:
+    """A request can ride a chained step: plain greedy (no penalties, no logprobs, no active
+    min_tokens mask: the step takes bare argmaxes)."""
+    return (params.is_greedy and not params.has_penalties and params.logprobs is None
+            and num_output_tokens >= params.min_tokens)
+
+
+def slots_for(block_tables: torch.Tensor, num_blocks: torch.Tensor, positions: torch.Tensor,
+              valid: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Cache slots of positions [R, N] (int64) through block_tables [R, B] (int32);
+    PADDING_SLOT_ID where not valid [R, N] or past the request's num_blocks [R] blocks."""
+    blk_idx = positions // block_size
+    ok = valid & (blk_idx < num_blocks[:, None])
+    blk = block_tables.gather(1, blk_idx.clamp(0, block_tables.shape[1] - 1)).long()
+    return torch.where(ok, blk * block_size + positions % block_size, PADDING_SLOT_ID)
+
+
+def chain_attention(block_tables: torch.Tensor, num_blocks: torch.Tensor,
+                    starts: torch.Tensor, width: int, valid_req: torch.Tensor,
+                    block_size: int, max_reqs: int) -> tuple[AttentionMetadata, torch.Tensor]:
+    """Attention metadata of `width` consecutive tokens per request from starts [R] (R rows,
+    padded ones not valid): -> (metadata over T = R * width tokens, positions [T])."""
+    R = starts.shape[0]
+    dev = starts.device
+    offs = torch.arange(width, device=dev)
+    pos = starts[:, None] + offs[None, :]                                   # [R, W]
+    valid = valid_req[:, None].expand(R, width)
+    slots = slots_for(block_tables[:R], num_blocks[:R], pos, valid, block_size)
+    req = torch.arange(R, device=dev, dtype=torch.int32)
+    tri = torch.where(valid, req[:, None], -1).reshape(-1)
+    ctx = torch.zeros(max_reqs, dtype=torch.int32, device=dev)
+    ctx[:R] = torch.where(valid_req, starts, 0).to(torch.int32)
+    qsl = (torch.arange(max_reqs + 1, device=dev) * width).clamp(max=R * width).to(torch.int32)
+    md = AttentionMetadata(slot_mapping=slots.reshape(-1), block_tables=block_tables,
+                           context_lens=ctx, query_start_loc=qsl, token_req_idx=tri)
+    return md, pos.reshape(-1)
+
+
+class SpecChain:
+    """The device state and the body of chained steps; owned by the model runner.
+
+    buffers: the runner's InputBuffers (a chained step's inputs are prepared there);
+    target_forward(T) -> hidden [T, H] over their first T rows; drafter: a PagedDrafter."""
+
+    def __init__(self, k: int, buffers, target_forward: Callable[[int], torch.Tensor],
+                 compute_logits: Callable[[torch.Tensor], torch.Tensor], drafter,
+                 kv_cache: torch.Tensor, new_graph_runner, graph_sizes, use_graphs: bool):
+        self.k = k
+        self.buffers = buffers
+        self.target_forward = target_forward
+        self.compute_logits = compute_logits
+        self.drafter = drafter
+        self.kv_cache = kv_cache
+        dev = buffers.device
+        self.device = dev
+        self.max_reqs = buffers.max_reqs
+        self.max_rows = min(buffers.max_reqs, buffers.max_tokens // (k + 1))
+        i64 = torch.int64
+        # State of the last chained step, by its request rows.
+        self.next_start = torch.zeros(self.max_reqs, dtype=i64, device=dev)
+        self.next_tokens = torch.zeros(self.max_reqs, k + 1, dtype=i64, device=dev)
+        # Host-prepared inputs of a step [R]: the row each request had in the previous step
+        # (-1: it enters the chain, its tokens and start come from the host), host starts.
+        self.src = torch.full((self.max_reqs,), -1, dtype=i64, device=dev)
+        self.host_start = torch.zeros(self.max_reqs, dtype=i64, device=dev)
+        self.out = torch.zeros(self.max_reqs, k + 1, dtype=i64, device=dev)
+        self.rows: dict[str, int] = {}      # request -> its row in the last chained step
+        self.graphs = new_graph_runner([], name="spec chain")
+        if use_graphs:
+            self._capture(new_graph_runner, graph_sizes)
+
+    # ------------------------------------------------------------------ host side
+    def padded_rows(self, R: int) -> Optional[int]:
+        return self.graphs.padded_size(R)
+
+    def host_inputs(self, reqs, rows: int) -> list:
+        """(device buffer view, host array) pairs of the step's src and host starts, padded to
+        `rows`; checks that every request with unknown tokens was in the previous step."""
+        src = np.full(rows, -1, dtype=np.int64)
+        starts = np.zeros(rows, dtype=np.int64)
+        prev = self.rows
+        for i, r in enumerate(reqs):
+            if r.token_ids[0] == UNKNOWN_TOKEN_ID:
+                j = prev.get(r.req_id)
+                if j is None:
+                    raise RuntimeError(f"request {r.req_id} continues a chained step it was "
+                                       "not in")
+                src[i] = j
+            else:
+                starts[i] = r.start_pos
+        return [(self.src[:rows], src), (self.host_start[:rows], starts)]
+
+    def launch(self, reqs, rows: Optional[int]) -> torch.Tensor:
+        """After the step's inputs were prepared (padded to `rows` requests when a graph is
+        replayed, None: eagerly): runs the body. Returns out [R, k + 1] (device, -1 padded)."""
+        R = len(reqs)
+        if rows is not None:
+            out = self.graphs.replay(rows)
+        else:
+            out = self._body(R)
+        self.rows = {r.req_id: i for i, r in enumerate(reqs)}
+        return out[:R]
+
+    def reset(self) -> None:
+        """The chain broke: the next chained step starts from host inputs only."""
+        self.rows = {}
+
+    # ------------------------------------------------------------------ device side
+    def _capture(self, new_graph_runner, graph_sizes) -> None:
+        b = self.buffers
+        b.slot_mapping.fill_(PADDING_SLOT_ID)
+        b.token_req_idx.fill_(-1)
+        self.src.fill_(-1)
+        self.graphs = new_graph_runner(graph_sizes(self.max_rows), name="spec chain")
+        with torch.inference_mode():
+            self.graphs.capture(self._body)
+        if not self.graphs.graphs:
+            log_once(logger, logging.WARNING, "spec-chain-eager",
+                     "Chained speculative steps run eagerly (no CUDA graph)")
+
+    def _body(self, R: int) -> torch.Tensor:
+        """One chained step over R request rows (padding rows have token_req_idx -1)."""
+        k, K1, b = self.k, self.k + 1, self.buffers
+        T = R * K1
+        valid_req = b.token_req_idx[:T].view(R, K1)[:, 0] >= 0
+        src = self.src[:R]
+        cont = src >= 0
+        gather = src.clamp(min=0)
+        # Gathers copy: the state rows are rewritten below without a hazard.
+        start = torch.where(cont, self.next_start.index_select(0, gather), self.host_start[:R])
+        ids = b.input_ids[:T].view(R, K1)
+        ids.copy_(torch.where(cont[:, None], self.next_tokens.index_select(0, gather), ids))
+        md, pos = chain_attention(b.block_tables, b.req_num_blocks, start, K1, valid_req,
+                                  b.block_size, self.max_reqs)
+        b.positions[:T].copy_(pos)
+        b.slot_mapping[:T].copy_(md.slot_mapping)
+        b.context_lens.copy_(md.context_lens)
+        hidden = self.target_forward(T)[:T]                                  # [T, H]
+        am = self.compute_logits(hidden).argmax(dim=-1).view(R, K1)         # [R, K1]
+        drafts = ids[:, 1:].reshape(-1)                                      # [R * k]
+        cu = torch.arange(1, R + 1, device=self.device, dtype=torch.int64) * k
+        out = rejection_scan(cu, drafts, None, None, None, am[:, :k].reshape(-1), am[:, k],
+                             None, k)                                        # [R, K1]
+        _, n_acc, _ = scv_compute_mask(drafts, cu, out, k)
+        n_acc = n_acc.long()
+        bonus = am.gather(1, n_acc[:, None])[:, 0]
+        nxt = self.drafter.chain_draft(hidden, am, start, n_acc, valid_req, b.block_tables,
+                                       b.req_num_blocks, self.max_reqs)      # [R, k]
+        self.next_start[:R].copy_(start + n_acc + 1)
+        self.next_tokens[:R, 0].copy_(bonus)
+        self.next_tokens[:R, 1:].copy_(nxt)
+        self.out[:R].copy_(out)
+        return self.out[:R]
