@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 
 import torch
 
@@ -59,7 +60,9 @@ def run_engine(name, llm, sets, batches, temps, max_tokens, rows):
                 row = {"engine": name, "prompts": kind, "batch": b, "temperature": t,
                        "output_tokens": n, "seconds": tm.s, "tokens_per_s": n / tm.s,
                        "verify_windows": drafts, "accepted_tokens": acc,
-                       "mean_acceptance_length": (1 + acc / drafts) if drafts else None}
+                       "mean_acceptance_length": (1 + acc / drafts) if drafts else None,
+                       "async": llm.llm_engine.async_scheduling,
+                       "chained": llm.llm_engine._chain}
                 if c0 is not None:      # what the adaptive controller chose in this run
                     row["adaptive"] = {key: c1[key] - c0.get(key, 0) for key in c1}
                 rows.append(row)
@@ -111,7 +114,8 @@ def main():
     ap.add_argument("--ks", default="2,4,8")
     ap.add_argument("--methods", default="none,ngram,draft_model",
                     help="comma list of none, ngram, draft_model, eagle, each but none "
-                         "also as <method>-adaptive (adaptive draft length)")
+                         "also as <method>-adaptive (adaptive draft length) and "
+                         "<method>-nochain (VLLM_SPEC_CHAIN=0: synchronous spec steps)")
     ap.add_argument("--eagle-model", default=None,
                     help="EAGLE head folder for method eagle (default: the shipped head)")
     ap.add_argument("--max-tokens", type=int, default=128)
@@ -126,11 +130,15 @@ def main():
     tokenizer = None
     for method in args.methods.split(","):
         # no-spec runs twice, synchronous and asynchronous scheduling; fixed-k speculative
-        # engines run synchronous steps (the engine logs why); "<method>-adaptive" picks k per
-        # step (adaptive_draft_length) and runs its steps without drafts asynchronously.
-        base, adaptive = method.removesuffix("-adaptive"), method.endswith("-adaptive")
+        # engines use the default scheduling (asynchronous on CUDA: draft_model and EAGLE
+        # chain their steps on the device, n-gram falls back to synchronous steps, the engine
+        # logs why); "<method>-nochain" turns chaining off (VLLM_SPEC_CHAIN=0);
+        # "<method>-adaptive" picks k per step (adaptive_draft_length).
+        nochain = method.endswith("-nochain")
+        base = method.removesuffix("-nochain")
+        base, adaptive = base.removesuffix("-adaptive"), base.endswith("-adaptive")
         for k, asy in ([(0, False), (0, True)] if method == "none" else
-                       [(k, adaptive) for k in ks]):
+                       [(k, None) for k in ks]):
             spec = None
             if base == "ngram":
                 spec = {"method": "ngram", "num_speculative_tokens": k, "prompt_lookup_max": 3}
@@ -145,9 +153,18 @@ def main():
                 raise SystemExit(f"unknown method {method!r}")
             if spec is not None and adaptive:
                 spec["adaptive_draft_length"] = True
-            llm = LLM(args.model, max_model_len=args.max_model_len, max_num_seqs=max(batches),
-                      gpu_memory_utilization=0.4, speculative_config=spec,
-                      async_scheduling=asy)
+            saved = os.environ.get("VLLM_SPEC_CHAIN")
+            if nochain:
+                os.environ["VLLM_SPEC_CHAIN"] = "0"
+            try:
+                llm = LLM(args.model, max_model_len=args.max_model_len,
+                          max_num_seqs=max(batches), gpu_memory_utilization=0.4,
+                          speculative_config=spec, async_scheduling=asy)
+            finally:
+                if saved is None:
+                    os.environ.pop("VLLM_SPEC_CHAIN", None)
+                else:
+                    os.environ["VLLM_SPEC_CHAIN"] = saved
             tokenizer = tokenizer or llm.get_tokenizer()
             sets = {"code": render(tokenizer, "code"), "chat": render(tokenizer, "chat")}
             name = ("no-spec" + ("-async" if asy else "")) if method == "none" else f"{method}-k{k}"

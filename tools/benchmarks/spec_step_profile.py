@@ -27,21 +27,30 @@ from vllm.v1.spec_decode import shipped
 def _configs(k: int, rate: float, methods: list[str], eagle_head: str, draft: str) -> list:
     """-> [(label, speculative_config or None)]"""
     out = []
+    rate = None if rate < 0 else rate
     for m in methods:
+        label_suffix, m = ("-nochain", m.removesuffix("-nochain")) if m.endswith("-nochain") \
+            else ("", m)
+        n0 = len(out)
         if m == "none":
             out.append(("none", None))
         elif m == "ngram":
             out.append((f"ngram-k{k}", {"method": "ngram", "num_speculative_tokens": k,
                                         "acceptance_rate": rate}))
         elif m == "eagle":
-            out.append((f"eagle-k{k}", {"method": "eagle", "model": eagle_head,
-                                        "num_speculative_tokens": k, "acceptance_rate": rate}))
+            spec = {"method": "eagle", "num_speculative_tokens": k, "acceptance_rate": rate}
+            if eagle_head:
+                spec["model"] = eagle_head
+            out.append((f"eagle-k{k}", spec))
         elif m == "draft_model":
             out.append((f"draft_model-k{k}", {"method": "draft_model", "model": draft,
                                               "num_speculative_tokens": k,
                                               "acceptance_rate": rate}))
         else:
             raise ValueError(f"unknown method {m!r}")
+        if label_suffix:
+            label, spec = out[n0]
+            out[n0] = (label + label_suffix, dict(spec, _nochain=True))
     return out
 
 
@@ -153,15 +162,29 @@ def _sync_sites(step, n_steps: int) -> dict:
 
 
 def run_one(label: str, spec, model: str, kw: dict, batch: int, steps: int,
-            max_model_len: int, torch_profile: bool = False) -> dict:
-    llm = LLM(model, max_model_len=max_model_len, gpu_memory_utilization=0.3,
-              max_num_seqs=max(batch, 1), speculative_config=spec, **kw)
+            max_model_len: int, torch_profile: bool = False, texts=None) -> dict:
+    spec = dict(spec) if spec else None
+    nochain = spec is not None and spec.pop("_nochain", False)
+    if spec is not None and spec.get("acceptance_rate", 0) is None:
+        spec.pop("acceptance_rate")
+    saved = os.environ.get("VLLM_SPEC_CHAIN")
+    if nochain:
+        os.environ["VLLM_SPEC_CHAIN"] = "0"
+    try:
+        llm = LLM(model, max_model_len=max_model_len, gpu_memory_utilization=0.3,
+                  max_num_seqs=max(batch, 1), speculative_config=spec, **kw)
+    finally:
+        if saved is None:
+            os.environ.pop("VLLM_SPEC_CHAIN", None)
+        else:
+            os.environ["VLLM_SPEC_CHAIN"] = saved
     eng = llm.llm_engine
     timer = _instrument(eng)
-    sp = SamplingParams(temperature=0, max_tokens=max_model_len - 64, ignore_eos=True)
+    sp = SamplingParams(temperature=0, max_tokens=max_model_len - 300, ignore_eos=True)
     for i in range(batch):
-        eng.add_request(f"r{i}", {"prompt_token_ids": [100 + (i * 7 + j) % 1000
-                                                      for j in range(32)]}, sp)
+        prompt = texts[i % len(texts)] if texts else {
+            "prompt_token_ids": [100 + (i * 7 + j) % 1000 for j in range(32)]}
+        eng.add_request(f"r{i}", prompt, sp)
     for _ in range(8):      # prefill and warm-up
         eng.step()
     timer.reset()
@@ -183,6 +206,7 @@ def run_one(label: str, spec, model: str, kw: dict, batch: int, steps: int,
     cprof = _cprofile(eng.step, 20) if torch_profile else None
     sp_stats = eng.stats.spec
     res = {"label": label, "batch": batch, "steps": steps, "async": eng.async_scheduling,
+           "chained": eng._chain,
            "ms_per_step": wall * 1e3 / steps, "tokens_per_s": toks / wall,
            "tokens_per_step": toks / steps, "phases": phases, "gpu": busy,
            "host_ops": ops, "sync_sites": syncs, "cprofile": cprof, "mean_acceptance_length": (sp_stats.mean_acceptance_length
@@ -209,13 +233,19 @@ def main() -> None:
     args = ap.parse_args()
     model = args.model or smollm2_folder(tempfile.mkdtemp())
     kw = {"load_format": "dummy"} if args.model is None else {}
-    head = os.path.join(shipped.DATA_ROOT, "eagle", "smollm2-135m-instruct")
+    # dummy SmolLM2 shapes: the shipped head by path; the real model: its shipped-head lookup
+    head = None if args.model else os.path.join(shipped.DATA_ROOT, "eagle",
+                                                 "smollm2-135m-instruct")
+    texts = None
+    if args.model:     # real weights: real text (the code prompts need no chat template)
+        from tools.benchmarks.prompts.spec_prompts import render
+        texts = render(None, "code")
     configs = _configs(args.k, args.acceptance_rate, args.methods.split(","), head, model)
     out = {"config": {**run_metadata(), **vars(args)}, "runs": []}
     for b in [int(x) for x in args.batches.split(",")]:
         for label, spec in configs:
             r = run_one(label, spec, model, kw, b, args.steps, args.max_model_len,
-                        args.torch_profile)
+                        args.torch_profile, texts)
             out["runs"].append(r)
             ph = "; ".join(f"{p} {v['ms_per_step']:.3f}" for p, v in r["phases"].items())
             g = r["gpu"]

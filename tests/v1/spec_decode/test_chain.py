@@ -1,0 +1,184 @@
+"""Chained speculative steps (vllm/v1/spec_decode/chain.py): verification and drafting on the
+device, the next step launched before the host has this one's tokens. Greedy output must equal
+no-spec output whatever the acceptance (all drafts accepted: a draft model identical to the
+target; some: a different tiny model; ~none: a random EAGLE head), with requests finishing
+inside windows, stop tokens, arrivals and aborts that break and re-enter the chain, padded
+graph rows; and the chain must leave no block allocated."""
+import tempfile
+
+import pytest
+import torch
+
+from models_util import tiny_model
+from spec_util import EagerReplay, repetitive_prompts, save_random_eagle_head, \
+    staggered_greedy_params
+from vllm import LLM, SamplingParams
+from vllm.v1.spec_decode.chain import SpecChain
+
+
+def _cfg(method, target):
+    if method == "draft_model-same":        # accepts every draft
+        return {"method": "draft_model", "model": target, "num_speculative_tokens": 4}
+    if method == "draft_model-other":       # accepts some
+        return {"method": "draft_model", "model": tiny_model("llama", seed=1),
+                "num_speculative_tokens": 3}
+    return {"method": "eagle", "num_speculative_tokens": 3,   # random head: accepts ~none
+            "model": save_random_eagle_head(target, tempfile.mkdtemp())}
+
+
+def _chained(target, method, **kw):
+    llm = LLM(target, enforce_eager=True, speculative_config=_cfg(method, target), block_size=8,
+              async_scheduling=True, **kw)
+    eng = llm.llm_engine
+    assert eng._chain and eng.async_scheduling
+    return llm, eng, eng.executor.driver_runner.chain
+
+
+def _ids(outs):
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def _all_blocks_free(eng):
+    pool = eng.scheduler.kv.pool
+    return pool.num_free == pool.num_blocks
+
+
+@pytest.mark.parametrize("method", ["draft_model-same", "draft_model-other", "eagle"])
+def test_chained_greedy_identical(target, baseline, method):
+    llm, eng, chain = _chained(target, method)
+    launches = []
+    orig = chain.launch
+    chain.launch = lambda reqs, rows: launches.append(len(reqs)) or orig(reqs, rows)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
+    assert _ids(outs) == baseline
+    assert len(launches) > 3 and max(launches) == 6 and min(launches) < 6  # batches shrink
+    sp = eng.stats.spec
+    assert sp.num_drafts > 0
+    if method == "draft_model-same":
+        assert sp.mean_acceptance_length == pytest.approx(1 + 4)
+    assert _all_blocks_free(eng)
+
+
+def test_padded_graph_rows_replay_like_eager(target, baseline):
+    """The graph path on the CPU (EagerReplay): batches padded to capture sizes, padding rows
+    write nothing and change nothing."""
+    llm, eng, chain = _chained(target, "draft_model-other")
+    runner = eng.executor.driver_runner
+    runner.chain = SpecChain(chain.k, runner.buffers, runner._graph_forward,
+                             runner.model.compute_logits, runner.proposer, runner.kv_cache,
+                             lambda sizes, name: EagerReplay(sizes, name=name),
+                             lambda n: [s for s in (1, 4, 8) if s <= n], True)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
+    assert _ids(outs) == baseline
+    assert 8 in runner.chain.graphs.replayed and 4 in runner.chain.graphs.replayed
+    assert _all_blocks_free(eng)
+
+
+def test_stop_tokens_and_eos_inside_windows(target):
+    """Stops land inside verify windows; the tokens after them (and the chained step already
+    in flight) never reach the output."""
+    prompts = repetitive_prompts(8, seed=5)
+    ref_llm = LLM(target, enforce_eager=True)
+    free = _ids(ref_llm.generate(prompts, SamplingParams(temperature=0, max_tokens=30,
+                                                          ignore_eos=True), use_tqdm=False))
+    # each request stops at a token it really produces, at different depths
+    sp = [SamplingParams(temperature=0, max_tokens=30, stop_token_ids=[f[3 + i % 5]])
+          for i, f in enumerate(free)]
+    ref = _ids(ref_llm.generate(prompts, sp, use_tqdm=False))
+    llm, eng, _ = _chained(target, "draft_model-same")
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    assert _ids(outs) == ref
+    assert any(o.outputs[0].finish_reason == "stop" for o in outs)
+    assert _all_blocks_free(eng)
+
+
+def test_arrivals_and_aborts_break_and_reenter_the_chain(target):
+    prompts = repetitive_prompts(6, seed=7)
+    sp = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    ref = _ids(LLM(target, enforce_eager=True).generate(prompts, [sp] * 6, use_tqdm=False))
+    llm, eng, chain = _chained(target, "draft_model-other")
+    exits = []
+    orig_exit = eng.executor.chain_exit
+    eng.executor.chain_exit = lambda ex: exits.append(list(ex)) or orig_exit(ex)
+    done = {}
+    for i in range(3):
+        eng.add_request(f"r{i}", prompts[i], sp)
+    for step in range(60):
+        if step == 4:           # arrivals while chained steps run
+            for i in (3, 4):
+                eng.add_request(f"r{i}", prompts[i], sp)
+        if step == 9:
+            eng.add_request("r5", prompts[5], sp)
+            eng.abort_request("r1")
+        for o in eng.step():
+            if o.finished:
+                done[o.request_id] = o.outputs[0].token_ids
+        if not eng.has_unfinished_requests():
+            break
+    assert not eng.has_unfinished_requests()
+    assert exits, "the chain never drained"
+    assert "r1" not in done
+    for i in (0, 2, 3, 4, 5):
+        assert done[f"r{i}"] == ref[i], i
+    assert _all_blocks_free(eng)
+
+
+@pytest.mark.parametrize("why,kw,env", [
+    ("ngram drafts on the host", {"speculative_config": {"method": "ngram",
+                                                         "num_speculative_tokens": 3}}, None),
+    ("switched off", {}, "0"),
+    ("NWOR staging", {"nwor_mode": "stage"}, None),
+    ("synchronous scheduling", {"async_scheduling": False}, None),
+])
+def test_chain_off_where_it_cannot_run(target, monkeypatch, why, kw, env):
+    if env is not None:
+        monkeypatch.setenv("VLLM_SPEC_CHAIN", env)
+    args = dict(enforce_eager=True, async_scheduling=True,
+                speculative_config={"method": "draft_model", "model": target,
+                                    "num_speculative_tokens": 2})
+    args.update(kw)
+    eng = LLM(target, **args).llm_engine
+    assert not eng._chain, why
+    assert eng.executor.driver_runner.chain is None
+
+
+def test_sampling_requests_leave_the_chain(target):
+    """A random-sampling request is not chain-eligible: the batch runs synchronous verify steps
+    (and greedy requests beside it stay lossless)."""
+    prompts = repetitive_prompts(3, seed=9)
+    greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    ref = _ids(LLM(target, enforce_eager=True).generate(prompts[:2], [greedy] * 2,
+                                                         use_tqdm=False))
+    llm, eng, chain = _chained(target, "draft_model-same")
+    launches = []
+    orig = chain.launch
+    chain.launch = lambda reqs, rows: launches.append(len(reqs)) or orig(reqs, rows)
+    sampled = SamplingParams(temperature=1.0, seed=3, max_tokens=16, ignore_eos=True)
+    outs = llm.generate(prompts, [greedy, greedy, sampled], use_tqdm=False)
+    assert _ids(outs)[:2] == ref
+    assert not launches
+    assert _all_blocks_free(eng)
+
+
+pytestmark_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.cuda
+@pytestmark_cuda
+@pytest.mark.parametrize("method", ["draft_model-same", "draft_model-other", "eagle"])
+def test_chain_graphs_lossless_cuda(method):
+    """CUDA graphs of the chained step (float32): identical to no-spec, graphs replayed."""
+    target = tiny_model("llama")
+    prompts = repetitive_prompts(9, seed=11)
+    sp = [SamplingParams(temperature=0, max_tokens=8 + 3 * i, ignore_eos=True)
+          for i in range(9)]
+    ref = _ids(LLM(target, dtype="float32", gpu_memory_utilization=0.3).generate(
+        prompts, sp, use_tqdm=False))
+    llm = LLM(target, dtype="float32", gpu_memory_utilization=0.3,
+              speculative_config=_cfg(method, target))
+    eng = llm.llm_engine
+    chain = eng.executor.driver_runner.chain
+    assert eng._chain and chain.graphs.graphs
+    assert _ids(llm.generate(prompts, sp, use_tqdm=False)) == ref
+    assert chain.graphs.num_replays > 0
+    assert _all_blocks_free(eng)
