@@ -131,9 +131,22 @@ class Scheduler:
         scheduled: list[tuple[Request, int, int]] = []
 
         # 1. Running requests (decodes, verify steps, unfinished chunked prefills).
+        budget = self._schedule_running(self.running, budget, scheduled, out, preempt=True)
+
+        # 2. Waiting requests (new, or resumed after preemption), if nothing was preempted.
+        if out.num_preempted == 0:
+            budget = self._admit_waiting(budget, scheduled, out)
+        self._emit(out, scheduled)
+        return out
+
+    def _schedule_running(self, reqs: list[Request], budget: int, scheduled: list,
+                          out: SchedulerOutput, preempt: bool) -> int:
+        """Schedules running requests (their pending tokens, then their drafts); where the KV
+        cache is full, preempts from the back of the running queue (preempt=True) or stops.
+        Returns the budget left."""
         i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
+        while i < len(reqs) and budget > 0:
+            req = reqs[i]
             if req.num_inflight and self._will_finish(req):
                 i += 1
                 continue
@@ -147,6 +160,8 @@ class Scheduler:
                 continue
             lookahead = self.num_lookahead
             while not self.kv.allocate_slots(req, num_new, lookahead):
+                if not preempt:
+                    return budget
                 victim = self.running[-1]
                 self._preempt(victim)
                 out.num_preempted += 1
@@ -158,10 +173,12 @@ class Scheduler:
             scheduled.append((req, num_new, n_spec))
             budget -= num_new
             i += 1
+        return budget
 
-        # 2. Waiting requests (new, or resumed after preemption), if nothing was preempted.
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs \
-                and out.num_preempted == 0:
+    def _admit_waiting(self, budget: int, scheduled: list, out: SchedulerOutput) -> int:
+        """Admits waiting requests (new, or resumed after preemption) while the token budget,
+        max_num_seqs and the KV cache allow; returns the budget left."""
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[0]
             if req.num_inflight:
                 break   # preempted while its last step ran: resume once its token is known
@@ -188,23 +205,26 @@ class Scheduler:
             self.running.append(req)
             scheduled.append((req, num_new, 0))
             budget -= num_new
+        return budget
 
+    def _emit(self, out: SchedulerOutput, scheduled: list) -> None:
         for req, num_new, n_spec in scheduled:
             entry = self._entry(req, num_new, n_spec)
             out.reqs.append(entry)
             req.num_computed_tokens += num_new
             req.num_inflight += entry.sample
             out.num_tokens += num_new
-        return out
 
     def schedule_chain(self, k: int, eligible) -> Optional[SchedulerOutput]:
         """A chained speculative step (spec_decode/chain.py) of every running request, or None
         when one cannot run now (the caller then drains the chain and schedules normally):
-        requests are waiting, one is not decoding with k drafts (or not eligible(req)), one
-        is too close to max_model_len, or the KV cache cannot hold every request's next
-        window. Positions are counted optimistically (all k drafts accepted); the rejected
-        ones are rewound when the step's output is applied, as after any verify step."""
-        if self.waiting or not self.running:
+        a request is not eligible(req), one is too close to max_model_len, the KV cache
+        cannot hold every request's next window, or no request has a window to verify.
+        Requests without a full window of k drafts (prefilling, new, near their end) are left
+        to schedule_side. Positions are counted optimistically (all k drafts accepted); the
+        rejected ones are rewound when the step's output is applied, as after any verify
+        step."""
+        if not self.running:
             return None
         k1 = k + 1
         picked = []
@@ -214,7 +234,7 @@ class Scheduler:
                 return None
             if n == 0 and (len(req.spec_token_ids) != k
                            or req.num_computed_tokens != req.num_tokens - 1):
-                return None     # not (yet) drafting k tokens from the host
+                continue        # not (yet) a full window of drafts: schedule_side's
             # positions this step and the drafter's may reach (optimistic count, + lookahead)
             if req.num_computed_tokens + 2 * k1 + self.num_lookahead > self.max_model_len:
                 return None
@@ -244,6 +264,21 @@ class Scheduler:
             req.num_computed_tokens += k1
             req.num_inflight += 1
             out.num_tokens += k1
+        return out
+
+    def schedule_side(self, chained: SchedulerOutput) -> SchedulerOutput:
+        """Beside a chained step: the running requests outside it (prefill chunks, windows
+        shorter than k) and new admissions, within the token budget the chained step left,
+        never preempting (a full cache only defers them)."""
+        out = SchedulerOutput()
+        in_chain = {r.req_id for r in chained.reqs}
+        budget = self.max_num_batched_tokens - chained.num_tokens
+        scheduled: list[tuple[Request, int, int]] = []
+        side = [r for r in self.running if r.request_id not in in_chain and not r.num_inflight]
+        budget = self._schedule_running(side, budget, scheduled, out, preempt=False)
+        if budget > 0:
+            self._admit_waiting(budget, scheduled, out)
+        self._emit(out, scheduled)
         return out
 
     def _fail_unadmittable(self, req: Request, num_new: int, out: SchedulerOutput) -> None:

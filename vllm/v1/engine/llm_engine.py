@@ -265,7 +265,12 @@ class LLMEngine:
     def _step_chain(self, stream: bool) -> Optional[list[RequestOutput]]:
         """A chained speculative step, launched before the previous one is applied; or the
         drain of the chain when the next step cannot be chained (None: nothing chained is in
-        flight, schedule normally)."""
+        flight, schedule normally).
+
+        Requests outside the chain (new arrivals, prefill chunks, windows shorter than k) run
+        in a side step launched right after the chained one: it is applied at once (a sync,
+        the only one of the step), then the proposer drafts for them, so they join the chain
+        at the next step without draining it."""
         k = self.config.speculative_config.num_speculative_tokens
         so = self.scheduler.schedule_chain(k, _chain_eligible)
         prev, self._inflight = self._inflight, None
@@ -279,9 +284,15 @@ class LLMEngine:
                                       for r in prev[0].reqs if r.req_id in self.seqs
                                       and not self.seqs[r.req_id].req.finished])
             return outs
-        self.stats.num_preemptions = self.scheduler.num_preemptions
         self._inflight = (so, self.executor.execute_model_async(so))
-        return self._apply(prev, stream) if prev is not None else []
+        side = self.scheduler.schedule_side(so)
+        side_pending = self.executor.execute_model_async(side) if side.reqs else None
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        outs = self._apply(prev, stream) if prev is not None else []
+        if side_pending is not None:
+            outs += self._apply_output(side, side_pending.result(), stream)
+            self._draft(only={r.req_id for r in side.reqs})
+        return outs
 
     def _schedule(self):
         so = self.scheduler.schedule()
@@ -362,14 +373,16 @@ class LLMEngine:
             self._draft()
         return outs
 
-    def _draft(self) -> None:
+    def _draft(self, only: Optional[set] = None) -> None:
+        """Drafts for the next step (only: for these requests; None: every running one)."""
         running = self.scheduler.running
         if self.adaptive is not None and self._caps is None \
                 and self.adaptive.stays_plain(len(running)):
             return
         reqs = [r for r in running
                 if r.num_computed_tokens == r.num_tokens - 1     # not prefilling
-                and _may_draft(r)]
+                and not r.num_inflight and _may_draft(r)
+                and (only is None or r.request_id in only)]
         caps = None
         if self.adaptive is not None:
             decided, self._caps = self._caps, None

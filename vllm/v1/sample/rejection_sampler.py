@@ -101,6 +101,11 @@ def rejection_scan(cu_num_draft_tokens: torch.Tensor, draft_token_ids: torch.Ten
     if num_reqs == 0:
         return out
     all_greedy = draft_target_probs is None
+    # The kernel indexes flat 1-D tensors: a strided view (a column of a matrix) would be
+    # read as if contiguous. No-ops for contiguous inputs.
+    cu_num_draft_tokens, draft_token_ids = cu_num_draft_tokens.contiguous(), \
+        draft_token_ids.contiguous()
+    recovered, bonus = recovered.contiguous(), bonus.contiguous()
     dummy = recovered  # never read when the matching constexpr flag disables the load
     _rejection_scan_kernel[(num_reqs,)](
         out, max_k + 1, cu_num_draft_tokens, draft_token_ids,

@@ -212,8 +212,9 @@ class SpecChain:
         am = self.compute_logits(hidden).argmax(dim=-1).view(R, K1)         # [R, K1]
         drafts = ids[:, 1:].reshape(-1)                                      # [R * k]
         cu = torch.arange(1, R + 1, device=self.device, dtype=torch.int64) * k
-        out = rejection_scan(cu, drafts, None, None, None, am[:, :k].reshape(-1), am[:, k],
-                             None, k)                                        # [R, K1]
+        # (the kernels index flat contiguous tensors: no strided views)
+        out = rejection_scan(cu, drafts, None, None, None, am[:, :k].reshape(-1),
+                             am[:, k].contiguous(), None, k)                 # [R, K1]
         _, n_acc, _ = scv_compute_mask(drafts, cu, out, k)
         n_acc = n_acc.long()
         bonus = am.gather(1, n_acc[:, None])[:, 0]
