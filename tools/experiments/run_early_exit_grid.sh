@@ -73,7 +73,7 @@ if [ "$QUICK" = 1 ]; then
   Q_TEMPS=" 0.0 " Q_LENGTHS=" short " Q_THRESHOLDS=" 0.0 0.5 "
   BATCHES=${BATCHES:-1} RUN_TIMEOUT=${RUN_TIMEOUT:-220}
   NCU_PASSES=${NCU_PASSES:-kernels} NCU_TIMEOUT=${NCU_TIMEOUT:-100}
-  NCU_FLAGS+=(--ncu-launch-count 60 --ncu-kernel-regex '_write_kv|_commit_staged')
+  NCU_FLAGS+=(--ncu-launch-count 60 --ncu-kernel-regex '_rope_kv_write|_write_kv|_commit_staged')
 else
   Q_TEMPS=" ${TEMPS[*]} " Q_LENGTHS=" ${LENGTHS[*]} " Q_THRESHOLDS=" ${THRESHOLDS[*]} "
   BATCHES=${BATCHES:-2} RUN_TIMEOUT=${RUN_TIMEOUT:-7200}

@@ -71,6 +71,7 @@ def test_padded_graph_rows_replay_like_eager(target, baseline):
     outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert _ids(outs) == baseline
     assert 8 in runner.chain.graphs.replayed and 4 in runner.chain.graphs.replayed
+    assert runner.chain.max_rows in runner.chain.graphs.sizes     # every batch has a graph
     assert _all_blocks_free(eng)
 
 
@@ -192,4 +193,19 @@ def test_chain_graphs_lossless_cuda(method):
     assert eng._chain and chain.graphs.graphs
     assert _ids(llm.generate(prompts, sp, use_tqdm=False)) == ref
     assert chain.graphs.num_replays > 0
+    assert _all_blocks_free(eng)
+
+
+def test_windows_beyond_the_token_budget_fall_back(target, baseline):
+    """Six requests' windows (6 x 5 tokens) exceed max_num_batched_tokens=16: those steps run
+    the normal (synchronous) way; once at most 3 requests remain, chained steps resume."""
+    llm, eng, chain = _chained(target, "draft_model-same", max_num_batched_tokens=16,
+                               max_num_seqs=16)
+    assert chain.max_rows == 3
+    launches = []
+    orig = chain.launch
+    chain.launch = lambda reqs, rows: launches.append(len(reqs)) or orig(reqs, rows)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
+    assert _ids(outs) == baseline
+    assert launches and max(launches) <= 3
     assert _all_blocks_free(eng)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# what: vllm bench serve against vllm serve (default model): 1/16/128/512 clients, with and without n-gram speculation
+# what: vllm bench serve against vllm serve (default model): 1/16/128/512 clients, with and without speculation (n-gram k=4, or SPEC_CONFIG)
 # Device suite: `vllm bench serve` against `vllm serve` with the default model (SmolLM2-135M,
 # its GGUF joined by an earlier call on the same warm machine, see tools/device_common.sh):
 # 1 / 16 / 128 / 512 concurrent clients, without and with n-gram speculation (k=4); the run at
@@ -79,9 +79,12 @@ run_sweep() {  # $1 = label (spec_off / spec_ngram4)
 
 if start_server spec_off; then run_sweep spec_off; fi
 stop_server
-if [ "$(left)" -gt 90 ] && start_server spec_ngram4 \
-    --speculative-config '{"method": "ngram", "num_speculative_tokens": 4}'; then
-  run_sweep spec_ngram4
+# SPEC_LABEL / SPEC_CONFIG: the speculative server (default n-gram k=4; e.g. SPEC_LABEL=spec_eagle4
+# SPEC_CONFIG='{"method": "eagle", "num_speculative_tokens": 4}' for the shipped EAGLE head)
+SPEC_LABEL=${SPEC_LABEL:-spec_ngram4}
+SPEC_CONFIG=${SPEC_CONFIG:-'{"method": "ngram", "num_speculative_tokens": 4}'}
+if [ "$(left)" -gt 90 ] && start_server "$SPEC_LABEL" --speculative-config "$SPEC_CONFIG"; then
+  run_sweep "$SPEC_LABEL"
 fi
 stop_server
 echo "== $(date +%T) done in $(( $(date +%s) - T0 )) s"

@@ -215,11 +215,12 @@ class Scheduler:
             req.num_inflight += entry.sample
             out.num_tokens += num_new
 
-    def schedule_chain(self, k: int, eligible) -> Optional[SchedulerOutput]:
+    def schedule_chain(self, k: int, eligible, max_rows: int) -> Optional[SchedulerOutput]:
         """A chained speculative step (spec_decode/chain.py) of every running request, or None
         when one cannot run now (the caller then drains the chain and schedules normally):
         a request is not eligible(req), one is too close to max_model_len, the KV cache
-        cannot hold every request's next window, or no request has a window to verify.
+        cannot hold every request's next window, no request has a window to verify, or
+        the windows exceed the token budget or max_rows (the runner's chained batch limit).
         Requests without a full window of k drafts (prefilling, new, near their end) are left
         to schedule_side. Positions are counted optimistically (all k drafts accepted); the
         rejected ones are rewound when the step's output is applied, as after any verify
@@ -241,8 +242,8 @@ class Scheduler:
             if n and self._will_finish(req):
                 continue        # its token in flight ends it: nothing more to compute
             picked.append(req)
-        if not picked:
-            return None
+        if not picked or len(picked) * k1 > min(self.max_num_batched_tokens, max_rows * k1):
+            return None     # nothing to verify, or more windows than one step may hold
         for req in picked:
             if not self.kv.allocate_slots(req, k1, self.num_lookahead):
                 return None     # (blocks already added stay with their running requests)

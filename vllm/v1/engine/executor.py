@@ -37,6 +37,11 @@ class UniProcExecutor:
         """Chained speculative steps (spec_decode/chain.py) can run."""
         return self.driver_runner.supports_chain
 
+    @property
+    def chain_max_rows(self) -> int:
+        """The most requests one chained step may hold."""
+        return self.driver_runner.chain.max_rows
+
     def chain_exit(self, exits):
         return self.driver_runner.chain_exit(exits)
 

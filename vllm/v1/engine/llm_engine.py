@@ -272,7 +272,7 @@ class LLMEngine:
         the only one of the step), then the proposer drafts for them, so they join the chain
         at the next step without draining it."""
         k = self.config.speculative_config.num_speculative_tokens
-        so = self.scheduler.schedule_chain(k, _chain_eligible)
+        so = self.scheduler.schedule_chain(k, _chain_eligible, self.executor.chain_max_rows)
         prev, self._inflight = self._inflight, None
         if so is None:
             if prev is None:

@@ -170,6 +170,10 @@ class SpecChain:
         if rows is not None:
             out = self.graphs.replay(rows)
         else:
+            if self.graphs.graphs:
+                log_once(logger, logging.WARNING, "spec-chain-no-graph",
+                         "A chained speculative step of %d requests has no CUDA graph (largest "
+                         "%d): it runs eagerly, far slower", R, max(self.graphs.graphs))
             out = self._body(R)
         self.rows = {r.req_id: i for i, r in enumerate(reqs)}
         return out[:R]
@@ -184,7 +188,10 @@ class SpecChain:
         b.slot_mapping.fill_(PADDING_SLOT_ID)
         b.token_req_idx.fill_(-1)
         self.src.fill_(-1)
-        self.graphs = new_graph_runner(graph_sizes(self.max_rows), name="spec chain")
+        # every batch size up to max_rows gets a graph (an eager chained step costs a whole
+        # eager target forward plus k eager drafter forwards)
+        sizes = sorted(set(graph_sizes(self.max_rows)) | {self.max_rows})
+        self.graphs = new_graph_runner(sizes, name="spec chain")
         with torch.inference_mode():
             self.graphs.capture(self._body)
         if not self.graphs.graphs:
