@@ -28,8 +28,10 @@ def _spec_counts(llm) -> tuple[int, int]:
 
 
 def _controller(llm):
-    """Steps the adaptive draft length controller decided so far, per kind and per k."""
-    ctl = llm.llm_engine.adaptive
+    """Steps the adaptive draft length controller decided so far, per kind and per k (with
+    chained steps: the chain switch's chained / plain steps)."""
+    eng = llm.llm_engine
+    ctl = eng.chain_switch or eng.adaptive
     if ctl is None:
         return None
     st = ctl.stats

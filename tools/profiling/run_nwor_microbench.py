@@ -207,6 +207,12 @@ def _delta(before: dict, after: dict) -> dict:
     return out
 
 
+def _controller(eng):
+    """The engine's adaptive draft length controller: the chain switch when steps are chained
+    (per batch size: chained k or plain), else the per-request controller (None: off)."""
+    return getattr(eng, "chain_switch", None) or eng.adaptive
+
+
 def adaptive_snapshot(controller) -> Optional[dict]:
     """The adaptive draft length controller's decisions so far (None: adaptive off):
     steps_spec (speculative steps, probes included), steps_plain (steps it ran without drafts),
@@ -285,7 +291,7 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
         warmup_s = time.perf_counter() - t_w
         steps_w = eng.stats.num_steps
         before = llm.get_metrics_dict()
-        adaptive_before = adaptive_snapshot(eng.adaptive)
+        adaptive_before = adaptive_snapshot(_controller(eng))
         if profile_measured and torch.cuda.is_available():
             torch.cuda.profiler.start()          # cudaProfilerStart: ncu --profile-from-start off
         lat, toks = [], []
@@ -301,7 +307,7 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
         if profile_measured and torch.cuda.is_available():
             torch.cuda.profiler.stop()
         m = _delta(before, llm.get_metrics_dict())
-        adaptive_stats = adaptive_delta(adaptive_before, adaptive_snapshot(eng.adaptive))
+        adaptive_stats = adaptive_delta(adaptive_before, adaptive_snapshot(_controller(eng)))
         engine_steps = {"warmup": steps_w - steps0, "measured": eng.stats.num_steps - steps_w}
         geometry = byte_model.geometry_from_config(eng.config.model_config,
                                                    models["tensor_parallel_size"])

@@ -277,9 +277,12 @@ def _two_sample_chi2(a: list[int], b: list[int], bins: int) -> float:
     return float(((ka * ca - kb * cb) ** 2 / (ca + cb)).sum())
 
 
-def test_temperature_one_follows_the_target_distribution_with_adaptive_steps():
+def test_temperature_one_follows_the_target_distribution_with_adaptive_steps(monkeypatch):
     """Sampled output with adaptive speculation (per-request lengths 0..k chosen at random each
-    step, plain steps asynchronous) has the no-spec distribution at every position."""
+    step, plain steps asynchronous) has the no-spec distribution at every position. (Chaining
+    off: with it, adaptive draft length picks chained k or plain per batch size instead of
+    per-request lengths, test_chain_switch.py.)"""
+    monkeypatch.setenv("VLLM_SPEC_CHAIN", "0")
     small = tiny_model("llama", vocab_size=16, seed=3)
     prompt = {"prompt_token_ids": [5, 6, 7, 5, 6, 7, 5]}
     n_req, k = 2500, 3

@@ -21,6 +21,7 @@ from vllm.v1.metrics.stats import EngineStats
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.adaptive import AdaptiveDraftController
 from vllm.v1.spec_decode.chain import chain_eligible
+from vllm.v1.spec_decode.chain_switch import ChainModeSwitch
 from vllm.v1.spec_decode.proposer import ProposeReq
 
 logger = init_logger(__name__)
@@ -67,16 +68,24 @@ class LLMEngine:
         self._child_to_parent: dict[str, str] = {}
         self._last_log = time.monotonic()
         self._log_interval = envs.get("VLLM_LOG_STATS_INTERVAL")
-        self.adaptive = self._make_adaptive()
+        # Chained speculative steps (spec_decode/chain.py): the runner can verify and draft
+        # on the device, so speculative steps are launched asynchronously too. With adaptive
+        # draft length the choice is then per batch size, chained k or plain (chain_switch.py).
+        chain_ok = bool(getattr(self.executor, "supports_chain", False))
+        self.chain_switch: Optional[ChainModeSwitch] = None
+        sc = config.speculative_config
+        if chain_ok and sc is not None and sc.adaptive_draft_length:
+            self.chain_switch = ChainModeSwitch(sc.num_speculative_tokens)
+            logger.info("Adaptive draft length with chained steps: per batch size, chained "
+                        "steps of k=%d drafts or plain steps, by measured tokens/s",
+                        sc.num_speculative_tokens)
+        self.adaptive = None if self.chain_switch is not None else self._make_adaptive()
         self._offered: dict[str, int] = {}     # per request: drafts offered for the next step
         self._caps: Optional[dict[str, int]] = None   # decided ahead of _draft (async mode)
         self._probe_step = False                # the next step is the controller's probe
         # The step being timed for the controller; its period ends when the next step starts.
         self._timing: Optional[_StepTiming] = None
-        # Chained speculative steps (spec_decode/chain.py): the runner can verify and draft
-        # on the device, so speculative steps are launched asynchronously too.
-        self._chain = bool(getattr(self.executor, "supports_chain", False)) \
-            and self.adaptive is None
+        self._chain = chain_ok and self.adaptive is None
         self.async_scheduling = self._resolve_async()
         self._chain = self._chain and self.async_scheduling
         # (scheduler output, pending runner output) of the step launched but not yet applied.
@@ -233,7 +242,12 @@ class LLMEngine:
 
     def _step_async(self, stream: bool) -> list[RequestOutput]:
         if self._chain:
-            outs = self._step_chain(stream)
+            sw = self.chain_switch
+            if sw is None or sw.step(len(self.scheduler.running),
+                                     self.stats.generation_tokens) == "chain":
+                outs = self._step_chain(stream)
+            else:   # plain steps: a chained step still in flight is drained first
+                outs = self._drain_chain(stream)
             if outs is not None:
                 return outs
         so = self._schedule()
@@ -271,19 +285,13 @@ class LLMEngine:
         in a side step launched right after the chained one: it is applied at once (a sync,
         the only one of the step), then the proposer drafts for them, so they join the chain
         at the next step without draining it."""
+        if self._inflight is not None and not self._inflight[0].chain:
+            return None     # a plain step in flight: the normal path applies it and drafts
         k = self.config.speculative_config.num_speculative_tokens
         so = self.scheduler.schedule_chain(k, _chain_eligible, self.executor.chain_max_rows)
-        prev, self._inflight = self._inflight, None
         if so is None:
-            if prev is None:
-                return None
-            # Apply the last chained step; its requests continue on the normal path (a plain
-            # step, then drafts from the host), the drafter told where its cache stands.
-            outs = self._apply(prev, stream)
-            self.executor.chain_exit([(r.req_id, self.seqs[r.req_id].req.num_tokens)
-                                      for r in prev[0].reqs if r.req_id in self.seqs
-                                      and not self.seqs[r.req_id].req.finished])
-            return outs
+            return self._drain_chain(stream)
+        prev, self._inflight = self._inflight, None
         self._inflight = (so, self.executor.execute_model_async(so))
         side = self.scheduler.schedule_side(so)
         side_pending = self.executor.execute_model_async(side) if side.reqs else None
@@ -292,6 +300,20 @@ class LLMEngine:
         if side_pending is not None:
             outs += self._apply_output(side, side_pending.result(), stream)
             self._draft(only={r.req_id for r in side.reqs})
+        return outs
+
+    def _drain_chain(self, stream: bool) -> Optional[list[RequestOutput]]:
+        """Applies the chained step in flight (None: there is none); its requests continue on
+        the normal path (a plain step, then drafts from the host), the drafter told where its
+        cache stands."""
+        prev = self._inflight
+        if prev is None or not prev[0].chain:
+            return None
+        self._inflight = None
+        outs = self._apply(prev, stream)
+        self.executor.chain_exit([(r.req_id, self.seqs[r.req_id].req.num_tokens)
+                                  for r in prev[0].reqs if r.req_id in self.seqs
+                                  and not self.seqs[r.req_id].req.finished])
         return outs
 
     def _schedule(self):
@@ -317,7 +339,10 @@ class LLMEngine:
         """Asynchronous mode: will the next step speculate? (Decided before this step's tokens
         are known; _draft then uses the decision.)"""
         if self.adaptive is None:
-            # without the controller every step drafts (chained steps draft on the device)
+            # without the controller every step drafts (chained steps draft on the device);
+            # with the chain switch, while it chains
+            if self.chain_switch is not None:
+                return self.chain_switch.mode == "chain"
             return self.config.speculative_config is not None
         sched = self.scheduler
         if self.adaptive.stays_plain(len(sched.running)):
@@ -375,6 +400,8 @@ class LLMEngine:
 
     def _draft(self, only: Optional[set] = None) -> None:
         """Drafts for the next step (only: for these requests; None: every running one)."""
+        if self.chain_switch is not None and self.chain_switch.mode == "plain":
+            return      # plain steps chosen for this batch size
         running = self.scheduler.running
         if self.adaptive is not None and self._caps is None \
                 and self.adaptive.stays_plain(len(running)):

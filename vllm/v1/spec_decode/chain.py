@@ -62,8 +62,6 @@ def chain_unsupported_reason(config, device: torch.device) -> Optional[str]:
         return f"NWOR mode {opts.nwor_mode!r} (staged drafts are committed from the host plan)"
     if opts.scv_mode == "off":
         return "SCV mode 'off' (the host reference loop)"
-    if sc.adaptive_draft_length:
-        return "adaptive draft length (per-step, per-request lengths)"
     if sc.confidence_threshold > 0:
         return "a confidence threshold (per-request draft lengths)"
     if sc.acceptance_rate is not None:
