@@ -218,9 +218,11 @@ def test_async_steady_state_makes_no_synchronizing_cuda_call(enforce_eager):
     assert len(done) == 24 and all(len(o.outputs[0].token_ids) == 40 for o in done)
 
 
-def test_speculative_engines_fall_back_to_synchronous_steps():
-    """With a proposer, async scheduling is refused (the engine logs why, once) and the output
-    is the synchronous one, which equals no-spec greedy output."""
+def test_speculative_engines_fall_back_to_synchronous_steps(monkeypatch):
+    """With a proposer whose steps cannot be chained (here: chaining switched off), async
+    scheduling is refused (the engine logs why, once) and the output is the synchronous one,
+    which equals no-spec greedy output. (Chained steps: tests/v1/spec_decode/test_chain.py.)"""
+    monkeypatch.setenv("VLLM_SPEC_CHAIN", "0")
     prompts = _prompts(4, 8, 20, seed=9)
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     ref = _gen(_llm(False), prompts, params)

@@ -196,9 +196,11 @@ def test_adaptive_greedy_identical(target, baseline, method, async_on):
     assert not eng.adaptive.reqs                  # finished requests were forgotten
 
 
-def test_adaptive_mixes_async_plain_steps_and_spec_steps(target, baseline):
+def test_adaptive_mixes_async_plain_steps_and_spec_steps(target, baseline, monkeypatch):
     """A controller that finds speculation unprofitable runs plain steps asynchronously (no
-    drafts), probes now and then, and the output stays the no-spec output."""
+    drafts), probes now and then, and the output stays the no-spec output. (The per-request
+    controller: chaining off.)"""
+    monkeypatch.setenv("VLLM_SPEC_CHAIN", "0")
     llm = LLM(target, enforce_eager=True, async_scheduling=True, block_size=8,
               speculative_config={"method": "ngram", "num_speculative_tokens": 3,
                                   "adaptive_draft_length": True})

@@ -17,6 +17,8 @@ from vllm.v1.spec_decode.chain import SpecChain
 
 
 def _cfg(method, target):
+    if method == "ngram":                   # drafts looked up on the device
+        return {"method": "ngram", "num_speculative_tokens": 3}
     if method == "draft_model-same":        # accepts every draft
         return {"method": "draft_model", "model": target, "num_speculative_tokens": 4}
     if method == "draft_model-other":       # accepts some
@@ -43,7 +45,7 @@ def _all_blocks_free(eng):
     return pool.num_free == pool.num_blocks
 
 
-@pytest.mark.parametrize("method", ["draft_model-same", "draft_model-other", "eagle"])
+@pytest.mark.parametrize("method", ["draft_model-same", "draft_model-other", "eagle", "ngram"])
 def test_chained_greedy_identical(target, baseline, method):
     llm, eng, chain = _chained(target, method)
     launches = []
@@ -56,18 +58,22 @@ def test_chained_greedy_identical(target, baseline, method):
     assert sp.num_drafts > 0
     if method == "draft_model-same":
         assert sp.mean_acceptance_length == pytest.approx(1 + 4)
+    if method == "ngram":       # the device lookup finds the prompts' repetitions
+        assert sp.mean_acceptance_length > 1.3
     assert _all_blocks_free(eng)
 
 
-def test_padded_graph_rows_replay_like_eager(target, baseline):
+@pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
+def test_padded_graph_rows_replay_like_eager(target, baseline, method):
     """The graph path on the CPU (EagerReplay): batches padded to capture sizes, padding rows
     write nothing and change nothing."""
-    llm, eng, chain = _chained(target, "draft_model-other")
+    llm, eng, chain = _chained(target, method)
     runner = eng.executor.driver_runner
     runner.chain = SpecChain(chain.k, runner.buffers, runner._graph_forward,
                              runner.model.compute_logits, runner.proposer, runner.kv_cache,
                              lambda sizes, name: EagerReplay(sizes, name=name),
-                             lambda n: [s for s in (1, 4, 8) if s <= n], True)
+                             lambda n: [s for s in (1, 4, 8) if s <= n], True,
+                             ngram=chain.ngram, max_model_len=eng.max_model_len)
     outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert _ids(outs) == baseline
     assert 8 in runner.chain.graphs.replayed and 4 in runner.chain.graphs.replayed
@@ -93,7 +99,8 @@ def test_stop_tokens_and_eos_inside_windows(target):
     assert _all_blocks_free(eng)
 
 
-def test_arrivals_join_the_chain_and_aborts_leave_it(target):
+@pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
+def test_arrivals_join_the_chain_and_aborts_leave_it(target, method):
     """Requests arriving while chained steps run are prefilled in side steps (a long prompt in
     several chunks) and join the chain without draining it; an aborted request leaves it;
     outputs equal no-spec outputs and no block stays allocated."""
@@ -101,7 +108,7 @@ def test_arrivals_join_the_chain_and_aborts_leave_it(target):
     prompts[4] = {"prompt_token_ids": [(7 * j) % 250 + 3 for j in range(70)]}  # > 1 chunk
     sp = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
     ref = _ids(LLM(target, enforce_eager=True).generate(prompts, [sp] * 6, use_tqdm=False))
-    llm, eng, chain = _chained(target, "draft_model-other", max_num_batched_tokens=40,
+    llm, eng, chain = _chained(target, method, max_num_batched_tokens=40,
                                   max_num_seqs=8)
     exits, launches = [], []
     orig_exit, orig_launch = eng.executor.chain_exit, chain.launch
@@ -112,12 +119,13 @@ def test_arrivals_join_the_chain_and_aborts_leave_it(target):
     for i in range(3):
         eng.add_request(f"r{i}", prompts[i], sp)
     for step in range(80):
+        if step == 3:           # (24 tokens take >= 6 steps of at most 4)
+            eng.abort_request("r1")
         if step == 4:           # arrivals while chained steps run
             for i in (3, 4):
                 eng.add_request(f"r{i}", prompts[i], sp)
         if step == 9:
             eng.add_request("r5", prompts[5], sp)
-            eng.abort_request("r1")
         for o in eng.step():
             if o.finished:
                 done[o.request_id] = o.outputs[0].token_ids
@@ -136,8 +144,8 @@ def test_arrivals_join_the_chain_and_aborts_leave_it(target):
 
 
 @pytest.mark.parametrize("why,kw,env", [
-    ("ngram drafts on the host", {"speculative_config": {"method": "ngram",
-                                                         "num_speculative_tokens": 3}}, None),
+    ("controlled acceptance", {"speculative_config": {"method": "ngram", "acceptance_rate": 0.5,
+                                                      "num_speculative_tokens": 3}}, None),
     ("switched off", {}, "0"),
     ("NWOR staging", {"nwor_mode": "stage"}, None),
     ("synchronous scheduling", {"async_scheduling": False}, None),
@@ -177,7 +185,7 @@ pytestmark_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="need
 
 @pytest.mark.cuda
 @pytestmark_cuda
-@pytest.mark.parametrize("method", ["draft_model-same", "draft_model-other", "eagle"])
+@pytest.mark.parametrize("method", ["draft_model-same", "draft_model-other", "eagle", "ngram"])
 def test_chain_graphs_lossless_cuda(method):
     """CUDA graphs of the chained step (float32): identical to no-spec, graphs replayed."""
     target = tiny_model("llama")

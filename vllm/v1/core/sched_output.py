@@ -23,6 +23,7 @@ class ScheduledReq:
     prompt_token_ids: Optional[list[int]] = None  # only when penalties need them
     num_output_tokens: int = 0  # before this step (min_tokens)
     eos_token_id: Optional[int] = None
+    history: Optional[list[int]] = None  # chained n-gram steps: an entering row's tokens
 
 
 @dataclass

@@ -215,12 +215,15 @@ class Scheduler:
             req.num_inflight += entry.sample
             out.num_tokens += num_new
 
-    def schedule_chain(self, k: int, eligible, max_rows: int) -> Optional[SchedulerOutput]:
+    def schedule_chain(self, k: int, eligible, max_rows: int,
+                       with_history: bool = False) -> Optional[SchedulerOutput]:
         """A chained speculative step (spec_decode/chain.py) of every running request, or None
         when one cannot run now (the caller then drains the chain and schedules normally):
         a request is not eligible(req), one is too close to max_model_len, the KV cache
         cannot hold every request's next window, no request has a window to verify, or
         the windows exceed the token budget or max_rows (the runner's chained batch limit).
+        with_history: entering requests carry their whole token history (n-gram drafting on
+        the device).
         Requests without a full window of k drafts (prefilling, new, near their end) are left
         to schedule_side. Positions are counted optimistically (all k drafts accepted); the
         rejected ones are rewound when the step's output is applied, as after any verify
@@ -250,17 +253,19 @@ class Scheduler:
         out = SchedulerOutput(finished_req_ids=self._finished_ids, chain=True)
         self._finished_ids = []
         for req in picked:
+            hist = None
             if req.num_inflight:
                 toks = [UNKNOWN_TOKEN_ID] * k1      # from the device: the previous step's
             else:
                 toks = [req.all_token_ids[-1]] + list(req.spec_token_ids)
+                hist = list(req.all_token_ids) if with_history else None
             p = req.sampling_params
             out.reqs.append(ScheduledReq(
                 req_id=req.request_id, token_ids=toks, num_spec=k,
                 start_pos=req.num_computed_tokens, block_ids=req.block_ids, sample=True,
                 params=p, prompt_len=req.num_prompt_tokens,
                 num_output_tokens=req.num_output_tokens + req.num_inflight,
-                eos_token_id=req.eos_token_id))
+                eos_token_id=req.eos_token_id, history=hist))
             req.spec_token_ids = []
             req.num_computed_tokens += k1
             req.num_inflight += 1

@@ -288,7 +288,9 @@ class LLMEngine:
         if self._inflight is not None and not self._inflight[0].chain:
             return None     # a plain step in flight: the normal path applies it and drafts
         k = self.config.speculative_config.num_speculative_tokens
-        so = self.scheduler.schedule_chain(k, _chain_eligible, self.executor.chain_max_rows)
+        so = self.scheduler.schedule_chain(
+            k, _chain_eligible, self.executor.chain_max_rows,
+            with_history=self.config.speculative_config.method == "ngram")
         if so is None:
             return self._drain_chain(stream)
         prev, self._inflight = self._inflight, None

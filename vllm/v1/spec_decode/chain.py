@@ -23,6 +23,9 @@ rewinds its optimistic position count by the rejected drafts, exactly as after a
 verify step. Requests that enter a chain (their drafts came from the host) carry their tokens
 and start position from the host.
 
+With n-gram drafting the step keeps each row's token history on the device instead and looks
+the next drafts up there (ngram_device.py); there is no drafter cache.
+
 The drafter's cache: for EAGLE the entry at position p pairs the target's hidden state at p
 with the token at p + 1 (catch-up rows at positions s .. s + k); for a draft model the entry at
 p is the token at p (rows at s + 1 .. s + k + 1): `chain_position_offset` 0 or 1."""
@@ -38,6 +41,7 @@ from vllm.forward_context import AttentionMetadata
 from vllm.logger import init_logger, log_once
 from vllm.v1.constants import PADDING_SLOT_ID, UNKNOWN_TOKEN_ID
 from vllm.v1.sample.rejection_sampler import rejection_scan
+from vllm.v1.spec_decode.ngram_device import ngram_propose_device
 from vllm.v1.spec_decode.scv import scv_compute_mask
 
 logger = init_logger(__name__)
@@ -52,8 +56,8 @@ def chain_unsupported_reason(config, device: torch.device) -> Optional[str]:
         return "speculative decoding is off"
     if not envs.get("VLLM_SPEC_CHAIN"):
         return "VLLM_SPEC_CHAIN=0"
-    if sc.method not in ("eagle", "draft_model"):
-        return f"method {sc.method!r} drafts on the host (chaining needs a model drafter)"
+    if sc.method not in ("eagle", "draft_model", "ngram"):
+        return f"method {sc.method!r} cannot draft on the device"
     if not config.scheduler_config.async_scheduling:
         return "asynchronous scheduling is off"
     if config.parallel_config.tensor_parallel_size > 1:
@@ -115,7 +119,8 @@ class SpecChain:
 
     def __init__(self, k: int, buffers, target_forward: Callable[[int], torch.Tensor],
                  compute_logits: Callable[[torch.Tensor], torch.Tensor], drafter,
-                 kv_cache: torch.Tensor, new_graph_runner, graph_sizes, use_graphs: bool):
+                 kv_cache: torch.Tensor, new_graph_runner, graph_sizes, use_graphs: bool,
+                 ngram: Optional[tuple[int, int]] = None, max_model_len: int = 0):
         self.k = k
         self.buffers = buffers
         self.target_forward = target_forward
@@ -136,6 +141,13 @@ class SpecChain:
         self.host_start = torch.zeros(self.max_reqs, dtype=i64, device=dev)
         self.out = torch.zeros(self.max_reqs, k + 1, dtype=i64, device=dev)
         self.rows: dict[str, int] = {}      # request -> its row in the last chained step
+        # n-gram drafting on the device (ngram_device.py): each row's token history [W]
+        # (W - 1 is a scratch column), the state's and the entering rows' (from the host).
+        self.ngram = ngram
+        if ngram is not None:
+            self.hist_width = max_model_len + 2 * (k + 1) + 1
+            self.hist = torch.zeros(self.max_reqs, self.hist_width, dtype=i64, device=dev)
+            self.entry_hist = torch.zeros_like(self.hist)
         self.graphs = new_graph_runner([], name="spec chain")
         if use_graphs:
             self._capture(new_graph_runner, graph_sizes)
@@ -159,6 +171,14 @@ class SpecChain:
                 src[i] = j
             else:
                 starts[i] = r.start_pos
+        if self.ngram is not None and any(r.history is not None for r in reqs):
+            # entering rows' token histories: one copy, outside the graph, stream-ordered
+            h = torch.zeros(rows, self.hist_width, dtype=torch.int64)
+            for i, r in enumerate(reqs):
+                if r.history is not None:
+                    h[i, :len(r.history)] = torch.tensor(r.history, dtype=torch.int64)
+            self.entry_hist[:rows].copy_(h.pin_memory() if self.device.type == "cuda" else h,
+                                         non_blocking=True)
         return [(self.src[:rows], src), (self.host_start[:rows], starts)]
 
     def launch(self, reqs, rows: Optional[int]) -> torch.Tensor:
@@ -196,6 +216,19 @@ class SpecChain:
             log_once(logger, logging.WARNING, "spec-chain-eager",
                      "Chained speculative steps run eagerly (no CUDA graph)")
 
+    def _ngram_draft(self, am, start, n_acc, cont, gather, R: int) -> torch.Tensor:
+        """The rows' histories gain this step's emitted tokens; the next drafts are looked up
+        in them (ngram_device.py)."""
+        k, K1, W = self.k, self.k + 1, self.hist_width
+        hist = torch.where(cont[:, None], self.hist.index_select(0, gather),
+                           self.entry_hist[:R])                              # [R, W]
+        j = torch.arange(K1, device=self.device)
+        at = torch.where(j[None, :] <= n_acc[:, None], start[:, None] + 1 + j[None, :], W - 1)
+        hist.scatter_(1, at.clamp(max=W - 1), am)
+        self.hist[:R].copy_(hist)
+        n_min, n_max = self.ngram
+        return ngram_propose_device(hist, start + n_acc + 2, n_min, n_max, k)
+
     def _body(self, R: int) -> torch.Tensor:
         """One chained step over R request rows (padding rows have token_req_idx -1)."""
         k, K1, b = self.k, self.k + 1, self.buffers
@@ -223,8 +256,12 @@ class SpecChain:
         _, n_acc, _ = scv_compute_mask(drafts, cu, out, k)
         n_acc = n_acc.long()
         bonus = am.gather(1, n_acc[:, None])[:, 0]
-        nxt = self.drafter.chain_draft(hidden, am, start, n_acc, valid_req, b.block_tables,
-                                       b.req_num_blocks, self.max_reqs)      # [R, k]
+        if self.ngram is not None:
+            nxt = self._ngram_draft(am, start, n_acc, cont, gather, R)
+        else:
+            nxt = self.drafter.chain_draft(hidden, am, start, n_acc, valid_req,
+                                           b.block_tables, b.req_num_blocks,
+                                           self.max_reqs)                   # [R, k]
         self.next_start[:R].copy_(start + n_acc + 1)
         self.next_tokens[:R, 0].copy_(bonus)
         self.next_tokens[:R, 1:].copy_(nxt)

@@ -79,9 +79,9 @@ class NgramIndex:
 
 class NgramProposer(Proposer):
     def __init__(self, k: int, n_min: int, n_max: int, always_draft: bool = False):
-        # always_draft: benchmark-only (controlled acceptance on dummy weights): every request
-        # gets its cap of drafts (k, or max_drafts) each step, padded with its last token, so
-        # verify windows are full.
+        # always_draft: every request gets its cap of drafts (k, or max_drafts) each step,
+        # padded with its last token, so verify windows are full: chained steps (chain.py)
+        # verify exactly k drafts; benchmarks with a controlled acceptance rate need them.
         self.k, self.n_min, self.n_max = k, n_min, n_max
         self.always_draft = always_draft
         self.index: dict[str, NgramIndex] = {}

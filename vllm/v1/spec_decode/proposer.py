@@ -73,6 +73,9 @@ class Proposer(Protocol):
     def drop(self, req_id: str) -> None:
         """The request finished: forget its state."""
 
+    def chain_exit(self, req_id: str, num_tokens: int) -> None:
+        """The request left chained steps (chain.py) with num_tokens tokens."""
+
 
 def build_proposer(ctx: ProposerContext) -> Proposer | None:
     sc = ctx.config.speculative_config
@@ -80,8 +83,13 @@ def build_proposer(ctx: ProposerContext) -> Proposer | None:
         return None
     if sc.method == "ngram":
         from vllm.v1.spec_decode.ngram import NgramProposer
+        from vllm.v1.spec_decode.chain import chain_unsupported_reason
+        # Chained steps verify exactly k drafts per request: pad the host's lookups too (the
+        # drafts a request enters the chain with).
+        pad = sc.acceptance_rate is not None or \
+            chain_unsupported_reason(ctx.config, ctx.device) is None
         return NgramProposer(sc.num_speculative_tokens, sc.prompt_lookup_min,
-                             sc.prompt_lookup_max, always_draft=sc.acceptance_rate is not None)
+                             sc.prompt_lookup_max, always_draft=pad)
     if sc.method == "draft_model":
         from vllm.v1.spec_decode.draft_model import DraftModelProposer
         return DraftModelProposer(ctx)

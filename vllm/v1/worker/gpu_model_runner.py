@@ -119,13 +119,17 @@ class GPUModelRunner:
             logger.info("Chained speculative steps off: %s", why)
             return
         use_graphs = self.device.type == "cuda" and not self.config.enforce_eager
-        self.chain = SpecChain(self.config.speculative_config.num_speculative_tokens,
+        sc = self.config.speculative_config
+        self.chain = SpecChain(sc.num_speculative_tokens,
                                self.buffers, self._graph_forward, self.model.compute_logits,
                                self.proposer, self.kv_cache,
                                # shares the forward graphs' pool: they never run concurrently
                                lambda sizes, name: CudaGraphRunner(sizes, pool=self.graphs.pool,
                                                                    name=name),
-                               default_capture_sizes, use_graphs)
+                               default_capture_sizes, use_graphs,
+                               ngram=((sc.prompt_lookup_min, sc.prompt_lookup_max)
+                                      if sc.method == "ngram" else None),
+                               max_model_len=self.config.scheduler_config.max_model_len)
         logger.info("Chained speculative steps on: verify + drafting in one launch%s, the next "
                     "step launched before this one's tokens reach the host",
                     " (CUDA graphs)" if self.chain.graphs.graphs else "")
