@@ -68,3 +68,15 @@ def staggered_greedy_params(n: int = 6):
     from vllm import SamplingParams
     return [SamplingParams(temperature=0.0, max_tokens=9 + 5 * i, ignore_eos=True)
             for i in range(n)]
+
+
+def two_sample_chi2(a: list[int], b: list[int], bins: int) -> float:
+    """Two-sample chi-square statistic of two samples of ints in [0, bins) (degrees of freedom:
+    the bins either sample hits, minus one)."""
+    import numpy as np
+    ca, cb = np.bincount(a, minlength=bins), np.bincount(b, minlength=bins)
+    keep = (ca + cb) > 0
+    ca, cb = ca[keep].astype(float), cb[keep].astype(float)
+    na, nb = ca.sum(), cb.sum()
+    ka, kb = np.sqrt(nb / na), np.sqrt(na / nb)
+    return float(((ka * ca - kb * cb) ** 2 / (ca + cb)).sum())

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from models_util import tiny_model
-from spec_util import repetitive_prompts, save_random_eagle_head, staggered_greedy_params
+from spec_util import repetitive_prompts, save_random_eagle_head, staggered_greedy_params, \
+    two_sample_chi2
 from vllm import LLM, SamplingParams
 from vllm.v1.spec_decode.adaptive import (PROBE_BUDGET, PROBE_MAX, PROBE_MIN, PROBE_REQS,
                                           AdaptiveDraftController, bucket)
@@ -270,15 +271,6 @@ def test_acceptance_switch_is_tracked():
     assert ctl.decide(8, ids) == {rid: 4 for rid in ids}
 
 
-def _two_sample_chi2(a: list[int], b: list[int], bins: int) -> float:
-    ca, cb = np.bincount(a, minlength=bins), np.bincount(b, minlength=bins)
-    keep = (ca + cb) > 0
-    ca, cb = ca[keep].astype(float), cb[keep].astype(float)
-    na, nb = ca.sum(), cb.sum()
-    ka, kb = np.sqrt(nb / na), np.sqrt(na / nb)
-    return float(((ka * ca - kb * cb) ** 2 / (ca + cb)).sum())
-
-
 def test_temperature_one_follows_the_target_distribution_with_adaptive_steps(monkeypatch):
     """Sampled output with adaptive speculation (per-request lengths 0..k chosen at random each
     step, plain steps asynchronous) has the no-spec distribution at every position. (Chaining
@@ -305,7 +297,7 @@ def test_temperature_one_follows_the_target_distribution_with_adaptive_steps(mon
     assert 0 < m["vllm:spec_decode_num_accepted_tokens"] < m["vllm:spec_decode_num_draft_tokens"]
     for pos in range(4):
         # 15 degrees of freedom: P(chi2 > 52) ~ 5e-6 when both samples share a distribution
-        assert _two_sample_chi2([o[pos] for o in outs], [o[pos] for o in base], 16) < 52.0
+        assert two_sample_chi2([o[pos] for o in outs], [o[pos] for o in base], 16) < 52.0
     # the check has power: a distribution one token off fails it
     shifted = [(o[1] + 1) % 16 for o in base]
-    assert _two_sample_chi2([o[1] for o in outs], shifted, 16) > 52.0
+    assert two_sample_chi2([o[1] for o in outs], shifted, 16) > 52.0

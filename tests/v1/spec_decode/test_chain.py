@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models_util import tiny_model
-from spec_util import EagerReplay, repetitive_prompts, save_random_eagle_head, \
+from spec_util import EagerReplay, repetitive_prompts, save_random_eagle_head, two_sample_chi2, \
     staggered_greedy_params
 from vllm import LLM, SamplingParams
 from vllm.v1.spec_decode.chain import SpecChain
@@ -162,9 +162,10 @@ def test_chain_off_where_it_cannot_run(target, monkeypatch, why, kw, env):
     assert eng.executor.driver_runner.chain is None
 
 
-def test_sampling_requests_leave_the_chain(target):
-    """A random-sampling request is not chain-eligible: the batch runs synchronous verify steps
-    (and greedy requests beside it stay lossless)."""
+def test_seeded_sampling_requests_leave_the_chain(target):
+    """A seeded random request is not chain-eligible (its generator cannot be replayed from a
+    graph): the batch runs synchronous verify steps, greedy requests beside it stay
+    lossless."""
     prompts = repetitive_prompts(3, seed=9)
     greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
     ref = _ids(LLM(target, enforce_eager=True).generate(prompts[:2], [greedy] * 2,
@@ -217,3 +218,42 @@ def test_windows_beyond_the_token_budget_fall_back(target, baseline):
     assert _ids(outs) == baseline
     assert launches and max(launches) <= 3
     assert _all_blocks_free(eng)
+
+
+@pytest.mark.parametrize("method", ["draft_model", "ngram"])
+def test_sampled_rows_follow_the_target_distribution(method):
+    """Random (unseeded, temperature 1) requests ride chained steps beside greedy ones: the
+    sampled tokens have the no-spec distribution at every position (two-sample chi-square),
+    the greedy ones equal no-spec greedy output."""
+    small = tiny_model("llama", vocab_size=16, seed=3)
+    prompt = {"prompt_token_ids": [5, 6, 7, 5, 6, 7, 5]}
+    n_req, k = 2400, 3
+    # long enough to enter the chain (a window of k drafts must fit before max_tokens)
+    rand = SamplingParams(temperature=1.0, max_tokens=10, ignore_eos=True)
+    greedy = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    params = [rand if i % 8 else greedy for i in range(n_req)]
+    ref = LLM(small, enforce_eager=True, max_num_seqs=256)
+    base = [o.outputs[0].token_ids for o in ref.generate([prompt] * n_req, params,
+                                                         use_tqdm=False)]
+    spec = {"method": method, "num_speculative_tokens": k}
+    if method == "draft_model":
+        spec["model"] = small
+    llm = LLM(small, enforce_eager=True, max_num_seqs=256, async_scheduling=True,
+              speculative_config=spec)
+    chain = llm.llm_engine.executor.driver_runner.chain
+    variants = []
+    orig = chain._body
+    chain._body = lambda R, sampling=False: variants.append(sampling) or orig(R, sampling)
+    outs = [o.outputs[0].token_ids for o in llm.generate([prompt] * n_req, params,
+                                                         use_tqdm=False)]
+    assert any(variants)                                   # the sampling variant ran
+    m = llm.get_metrics_dict()
+    assert 0 < m["vllm:spec_decode_num_accepted_tokens"] < m["vllm:spec_decode_num_draft_tokens"]
+    g = [i for i in range(n_req) if i % 8 == 0]
+    assert [outs[i] for i in g] == [base[i] for i in g]
+    r = [i for i in range(n_req) if i % 8]
+    for pos in range(10):
+        # 15 degrees of freedom: P(chi2 > 52) ~ 5e-6 when both samples share a distribution
+        assert two_sample_chi2([outs[i][pos] for i in r], [base[i][pos] for i in r], 16) < 52.0
+    shifted = [(base[i][1] + 1) % 16 for i in r]           # the check has power
+    assert two_sample_chi2([outs[i][1] for i in r], shifted, 16) > 52.0

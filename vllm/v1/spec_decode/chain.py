@@ -40,7 +40,9 @@ import torch
 from vllm.forward_context import AttentionMetadata
 from vllm.logger import init_logger, log_once
 from vllm.v1.constants import PADDING_SLOT_ID, UNKNOWN_TOKEN_ID
+from vllm.sampling_params import _SAMPLING_EPS
 from vllm.v1.sample.rejection_sampler import rejection_scan
+from vllm.v1.sample.sampler import apply_temperature, apply_top_k_top_p_min_p
 from vllm.v1.spec_decode.ngram_device import ngram_propose_device
 from vllm.v1.spec_decode.scv import scv_compute_mask
 
@@ -74,10 +76,18 @@ def chain_unsupported_reason(config, device: torch.device) -> Optional[str]:
 
 
 def chain_eligible(params, num_output_tokens: int) -> bool:
-    """A request can ride a chained step: plain greedy (no penalties, no logprobs, no active
-    min_tokens mask: the step takes bare argmaxes)."""
-    return (params.is_greedy and not params.has_penalties and params.logprobs is None
-            and num_output_tokens >= params.min_tokens)
+    """A request can ride a chained step: greedy, or random without a seed (a per-request
+    generator cannot be replayed from a graph) and without top-k / top-p (their sort over
+    the vocabulary for every verified position is left to synchronous steps); no
+    penalties, no logprobs, no active min_tokens mask (they need the host's token history)."""
+    random_ok = (params.seed is None and params.top_k in (0, -1) and params.top_p >= 1.0)
+    return ((params.is_greedy or random_ok) and not params.has_penalties
+            and params.logprobs is None and num_output_tokens >= params.min_tokens)
+
+
+def step_samples(reqs) -> bool:
+    """Some request of a chained step samples (the step runs the sampling variant)."""
+    return any(not r.params.is_greedy for r in reqs)
 
 
 def slots_for(block_tables: torch.Tensor, num_blocks: torch.Tensor, positions: torch.Tensor,
@@ -140,6 +150,10 @@ class SpecChain:
         self.src = torch.full((self.max_reqs,), -1, dtype=i64, device=dev)
         self.host_start = torch.zeros(self.max_reqs, dtype=i64, device=dev)
         self.out = torch.zeros(self.max_reqs, k + 1, dtype=i64, device=dev)
+        # Per-row sampling parameters of a step with random requests [R] (greedy rows:
+        # temperature 0; min_p 0 = off).
+        self.temperature = torch.zeros(self.max_reqs, dtype=torch.float32, device=dev)
+        self.min_p = torch.zeros(self.max_reqs, dtype=torch.float32, device=dev)
         self.rows: dict[str, int] = {}      # request -> its row in the last chained step
         # n-gram drafting on the device (ngram_device.py): each row's token history [W]
         # (W - 1 is a scratch column), the state's and the entering rows' (from the host).
@@ -149,12 +163,14 @@ class SpecChain:
             self.hist = torch.zeros(self.max_reqs, self.hist_width, dtype=i64, device=dev)
             self.entry_hist = torch.zeros_like(self.hist)
         self.graphs = new_graph_runner([], name="spec chain")
+        self.sample_graphs = new_graph_runner([], name="spec chain, sampling")
         if use_graphs:
             self._capture(new_graph_runner, graph_sizes)
 
     # ------------------------------------------------------------------ host side
-    def padded_rows(self, R: int) -> Optional[int]:
-        return self.graphs.padded_size(R)
+    def padded_rows(self, reqs) -> Optional[int]:
+        graphs = self.sample_graphs if step_samples(reqs) else self.graphs
+        return graphs.padded_size(len(reqs))
 
     def host_inputs(self, reqs, rows: int) -> list:
         """(device buffer view, host array) pairs of the step's src and host starts, padded to
@@ -179,20 +195,30 @@ class SpecChain:
                     h[i, :len(r.history)] = torch.tensor(r.history, dtype=torch.int64)
             self.entry_hist[:rows].copy_(h.pin_memory() if self.device.type == "cuda" else h,
                                          non_blocking=True)
-        return [(self.src[:rows], src), (self.host_start[:rows], starts)]
+        out = [(self.src[:rows], src), (self.host_start[:rows], starts)]
+        if step_samples(reqs):
+            temp = np.zeros(rows, dtype=np.float32)
+            min_p = np.zeros(rows, dtype=np.float32)
+            for i, r in enumerate(reqs):
+                if not r.params.is_greedy:
+                    temp[i], min_p[i] = r.params.temperature, r.params.min_p
+            out += [(self.temperature[:rows], temp), (self.min_p[:rows], min_p)]
+        return out
 
     def launch(self, reqs, rows: Optional[int]) -> torch.Tensor:
         """After the step's inputs were prepared (padded to `rows` requests when a graph is
         replayed, None: eagerly): runs the body. Returns out [R, k + 1] (device, -1 padded)."""
         R = len(reqs)
+        sampling = step_samples(reqs)
+        graphs = self.sample_graphs if sampling else self.graphs
         if rows is not None:
-            out = self.graphs.replay(rows)
+            out = graphs.replay(rows)
         else:
-            if self.graphs.graphs:
+            if graphs.graphs:
                 log_once(logger, logging.WARNING, "spec-chain-no-graph",
                          "A chained speculative step of %d requests has no CUDA graph (largest "
-                         "%d): it runs eagerly, far slower", R, max(self.graphs.graphs))
-            out = self._body(R)
+                         "%d): it runs eagerly, far slower", R, max(graphs.graphs))
+            out = self._body(R, sampling)
         self.rows = {r.req_id: i for i, r in enumerate(reqs)}
         return out[:R]
 
@@ -210,8 +236,10 @@ class SpecChain:
         # eager target forward plus k eager drafter forwards)
         sizes = sorted(set(graph_sizes(self.max_rows)) | {self.max_rows})
         self.graphs = new_graph_runner(sizes, name="spec chain")
+        self.sample_graphs = new_graph_runner(sizes, name="spec chain, sampling")
         with torch.inference_mode():
-            self.graphs.capture(self._body)
+            self.graphs.capture(lambda R: self._body(R, False))
+            self.sample_graphs.capture(lambda R: self._body(R, True))
         if not self.graphs.graphs:
             log_once(logger, logging.WARNING, "spec-chain-eager",
                      "Chained speculative steps run eagerly (no CUDA graph)")
@@ -229,8 +257,9 @@ class SpecChain:
         n_min, n_max = self.ngram
         return ngram_propose_device(hist, start + n_acc + 2, n_min, n_max, k)
 
-    def _body(self, R: int) -> torch.Tensor:
-        """One chained step over R request rows (padding rows have token_req_idx -1)."""
+    def _body(self, R: int, sampling: bool = False) -> torch.Tensor:
+        """One chained step over R request rows (padding rows have token_req_idx -1);
+        sampling: some rows sample (their parameters in the per-row buffers)."""
         k, K1, b = self.k, self.k + 1, self.buffers
         T = R * K1
         valid_req = b.token_req_idx[:T].view(R, K1)[:, 0] >= 0
@@ -247,19 +276,25 @@ class SpecChain:
         b.slot_mapping[:T].copy_(md.slot_mapping)
         b.context_lens.copy_(md.context_lens)
         hidden = self.target_forward(T)[:T]                                  # [T, H]
-        am = self.compute_logits(hidden).argmax(dim=-1).view(R, K1)         # [R, K1]
+        logits = self.compute_logits(hidden)                                 # [T, V] fp32
+        am = logits.argmax(dim=-1).view(R, K1)                               # [R, K1]
         drafts = ids[:, 1:].reshape(-1)                                      # [R * k]
         cu = torch.arange(1, R + 1, device=self.device, dtype=torch.int64) * k
         # (the kernels index flat contiguous tensors: no strided views)
-        out = rejection_scan(cu, drafts, None, None, None, am[:, :k].reshape(-1),
-                             am[:, k].contiguous(), None, k)                 # [R, K1]
+        if sampling:
+            out = self._verify_sampled(logits, am, drafts, cu, R)
+        else:
+            out = rejection_scan(cu, drafts, None, None, None, am[:, :k].reshape(-1),
+                                 am[:, k].contiguous(), None, k)             # [R, K1]
         _, n_acc, _ = scv_compute_mask(drafts, cu, out, k)
         n_acc = n_acc.long()
-        bonus = am.gather(1, n_acc[:, None])[:, 0]
+        # the tokens of positions start + 1 .. start + 1 + n_acc (rows past it: anything)
+        emitted = torch.where(out >= 0, out, am)                             # [R, K1]
+        bonus = emitted.gather(1, n_acc[:, None])[:, 0]
         if self.ngram is not None:
-            nxt = self._ngram_draft(am, start, n_acc, cont, gather, R)
+            nxt = self._ngram_draft(emitted, start, n_acc, cont, gather, R)
         else:
-            nxt = self.drafter.chain_draft(hidden, am, start, n_acc, valid_req,
+            nxt = self.drafter.chain_draft(hidden, emitted, start, n_acc, valid_req,
                                            b.block_tables, b.req_num_blocks,
                                            self.max_reqs)                   # [R, k]
         self.next_start[:R].copy_(start + n_acc + 1)
@@ -267,3 +302,35 @@ class SpecChain:
         self.next_tokens[:R, 1:].copy_(nxt)
         self.out[:R].copy_(out)
         return self.out[:R]
+
+    def _verify_sampled(self, logits: torch.Tensor, am: torch.Tensor, drafts: torch.Tensor,
+                        cu: torch.Tensor, R: int) -> torch.Tensor:
+        """Rejection sampling of greedy drafts (q one-hot) against each row's target
+        distribution p (temperature and min-p, whose off values are identities, so one graph
+        serves every mix of rows): draft j is accepted with
+        probability p_j(d_j); at the first rejection a token is drawn from p_j with d_j
+        removed, after k acceptances the bonus from p_k. Greedy rows take the argmaxes.
+        Random numbers come from the default generator (graph-safe)."""
+        k, K1 = self.k, self.k + 1
+        V = logits.shape[-1]
+        rows = torch.arange(R, device=self.device).repeat_interleave(K1)     # [T]
+        temp = self.temperature[:R]
+        scaled = apply_temperature(logits, temp.index_select(0, rows))
+        probs = apply_top_k_top_p_min_p(scaled, None, None,
+                                        self.min_p[:R].index_select(0, rows)).softmax(-1)
+        probs = probs.view(R, K1, V)
+        d = drafts.view(R, k)
+        p_d = probs[:, :k].gather(2, d[:, :, None])[:, :, 0]                # [R, k]
+        u = torch.rand(R, k, device=self.device)
+        residual = probs[:, :k].scatter(2, d[:, :, None], 0.0)              # [R, k, V]
+        noise = torch.empty(R, K1, V, device=self.device).exponential_()
+        noise.clamp_min_(torch.finfo(torch.float32).tiny)
+        score = residual / noise[:, :k]
+        score.scatter_(2, d[:, :, None], -1.0)      # never "recover" the rejected draft
+        recovered = score.argmax(dim=-1)                                     # [R, k]
+        bonus = (probs[:, k] / noise[:, k]).argmax(dim=-1)                   # [R]
+        greedy = temp < _SAMPLING_EPS
+        recovered = torch.where(greedy[:, None], am[:, :k], recovered)
+        bonus = torch.where(greedy, am[:, k], bonus)
+        return rejection_scan(cu, drafts, p_d.reshape(-1), None, u.reshape(-1),
+                              recovered.reshape(-1), bonus, greedy, k)

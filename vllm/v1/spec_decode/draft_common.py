@@ -287,7 +287,8 @@ class PagedDrafter(Proposer):
                     n_acc: torch.Tensor, valid_req: torch.Tensor, block_tables: torch.Tensor,
                     num_blocks: torch.Tensor, max_reqs: int) -> torch.Tensor:
         """A chained step's drafting, on the device with static shapes: hidden [R * (k + 1), H]
-        target hidden states, am [R, k + 1] the target's argmax tokens, start [R] the step's
+        target hidden states, am [R, k + 1] the tokens after each input (the emitted ones up
+        to the bonus; rows past it hold anything), start [R] the step's
         start positions, n_acc [R] accepted drafts, valid_req [R] (False: padding row).
         Returns the next drafts [R, k]: a catch-up over all k + 1 rows (row n_acc kept), then
         k - 1 single-token steps."""

@@ -276,7 +276,7 @@ class GPUModelRunner:
         """A chained speculative step (spec_decode/chain.py): one replay of its graph."""
         chain, K1 = self.chain, self.chain.k + 1
         R = len(so.reqs)
-        rows = chain.padded_rows(R)
+        rows = chain.padded_rows(so.reqs)
         n = rows or R
         self.buffers.prepare(so, n * K1, None, extra=chain.host_inputs(so.reqs, n))
         out = chain.launch(so.reqs, rows)
