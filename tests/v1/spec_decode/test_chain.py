@@ -257,3 +257,27 @@ def test_sampled_rows_follow_the_target_distribution(method):
         assert two_sample_chi2([outs[i][pos] for i in r], [base[i][pos] for i in r], 16) < 52.0
     shifted = [(base[i][1] + 1) % 16 for i in r]           # the check has power
     assert two_sample_chi2([outs[i][1] for i in r], shifted, 16) > 52.0
+
+
+@pytest.mark.cuda
+@pytestmark_cuda
+@pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
+def test_chain_sampling_graphs_cuda(method):
+    """The sampling variant's CUDA graphs (float32): replayed for mixed batches, greedy rows
+    identical to no-spec, random rows inside the vocabulary, no block left allocated."""
+    target = tiny_model("llama")
+    prompts = repetitive_prompts(12, seed=13)
+    greedy = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+    rand = SamplingParams(temperature=0.8, min_p=0.05, max_tokens=20, ignore_eos=True)
+    sp = [greedy if i % 3 == 0 else rand for i in range(12)]
+    ref = _ids(LLM(target, dtype="float32", gpu_memory_utilization=0.3).generate(
+        prompts, sp, use_tqdm=False))
+    llm = LLM(target, dtype="float32", gpu_memory_utilization=0.3,
+              speculative_config=_cfg(method, target))
+    eng = llm.llm_engine
+    chain = eng.executor.driver_runner.chain
+    got = _ids(llm.generate(prompts, sp, use_tqdm=False))
+    assert [got[i] for i in range(0, 12, 3)] == [ref[i] for i in range(0, 12, 3)]
+    assert all(0 <= t < 256 for ids in got for t in ids)
+    assert chain.sample_graphs.num_replays > 0
+    assert _all_blocks_free(eng)
