@@ -45,7 +45,9 @@ def run_engine(name, llm, sets, batches, temps, max_tokens, rows):
         for b in batches:
             batch = (prompts * ((b + len(prompts) - 1) // len(prompts)))[:b]
             for t in temps:
-                sp = SamplingParams(temperature=t, seed=0 if t > 0 else None,
+                # unseeded: a seeded request's generator cannot be replayed from a graph, so
+                # it would keep speculative steps synchronous (chain.py)
+                sp = SamplingParams(temperature=t,
                                     max_tokens=max_tokens, ignore_eos=True)
                 # warm-up at the full batch: every kernel shape of the run is compiled, and
                 # an adaptive engine has seen this batch size (a server runs for hours)
