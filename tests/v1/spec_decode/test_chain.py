@@ -281,3 +281,15 @@ def test_chain_sampling_graphs_cuda(method):
     assert all(0 <= t < 256 for ids in got for t in ids)
     assert chain.sample_graphs.num_replays > 0
     assert _all_blocks_free(eng)
+
+
+@pytest.mark.parametrize("method", ["draft_model-other", "eagle"])
+def test_drafter_eager_warm_up_writes_nothing(target, method):
+    """The start-up warm-up of the drafter's eager path (catch-ups above every graph) leaves
+    its KV cache untouched."""
+    llm, eng, _ = _chained(target, method)
+    drafter = eng.executor.driver_runner.proposer
+    drafter.kv_cache.fill_(3.0)
+    drafter.batch.graphs.sizes = [4]          # as if graphs up to 4 tokens were captured
+    drafter._warm_up_eager(64)
+    assert bool((drafter.kv_cache == 3.0).all())

@@ -12,11 +12,13 @@ runner passed in the ProposerContext) over the persistent buffers of DraftBatch;
 than every captured size run eagerly (VLLM_DRAFT_CUDA_GRAPHS=0 or enforce_eager: all of them)."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Optional
 
 import torch
 
 from vllm import envs
+from vllm.logger import init_logger, log_once
 from vllm.forward_context import ForwardContext, set_forward_context
 from vllm.sampling_params import SamplingParams
 from vllm.v1.attention.kv_layout import allocate_kv_cache, kv_bytes_per_block
@@ -25,6 +27,8 @@ from vllm.v1.constants import PADDING_SLOT_ID
 from vllm.v1.spec_decode.chain import chain_attention
 from vllm.v1.spec_decode.early_exit import DraftExit
 from vllm.v1.spec_decode.proposer import Proposer, ProposeReq, ProposerContext
+
+logger = init_logger(__name__)
 
 _GREEDY = SamplingParams(temperature=0.0)
 
@@ -235,6 +239,30 @@ class PagedDrafter(Proposer):
         if forward is not None:
             # per-token steps hold one token per request, small catch-ups up to 1 + k
             self.batch.capture(forward, self.kv_cache, sc.max_num_seqs * (self.k + 1))
+            self._warm_up_eager(min(max_tokens, sc.max_num_batched_tokens))
+
+    def _warm_up_eager(self, max_tokens: int) -> None:
+        """Catch-ups larger than every captured graph (a burst of new prompts) run eagerly:
+        run two such forwards now (token counts that are and are not multiples of 16, the
+        two cases Triton specializes integer arguments on), so their kernels are compiled at
+        start-up rather than in the middle of serving. They write nothing: the request has
+        no blocks, so every slot is the padding slot."""
+        top = max(self.batch.graphs.sizes, default=0)
+        hid = self.hidden_input_size
+        try:
+            for T in (top + 16, top + 17):
+                if T > max_tokens:
+                    continue
+                hidden = (torch.zeros(T, hid, dtype=self.dtype, device=self.device)
+                          if hid else None)
+                with torch.inference_mode():
+                    self._run_eager([("__warmup__", [0] * T, 0, [])], None, hidden)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+        except Exception as e:  # only a warm-up: serving compiles on first use instead
+            log_once(logger, logging.WARNING, "drafter-warm-up",
+                     "Drafter eager warm-up failed (%s: %s); its kernels compile on first use",
+                     type(e).__name__, e)
 
     def drop(self, req_id: str) -> None:
         self.computed.pop(req_id, None)
