@@ -372,6 +372,41 @@ def test_nwor_spec_decode_metrics(spec_server):
     assert metric(m, "vllm:generation_tokens_total") >= 72
 
 
+def test_chained_spec_server_streams_what_no_spec_returns(server, tmp_path):
+    """A server with chained speculative steps (n-gram, asynchronous scheduling: tokens reach
+    the host one step late) streams, under 8 concurrent clients arriving together and later,
+    exactly the greedy text the no-spec server returns, and drafts."""
+    model = tiny_model("llama")
+    chained = Server(model, ["--async-scheduling", "--speculative-config", json.dumps(NGRAM)],
+                     {}, str(tmp_path / "chained.log"))
+    try:
+        chained.wait_ready()
+        assert "Chained speculative steps on" in chained.log()
+        prompts = [("w5 w6 w7 w8 " * (2 + i % 3)) + f"w{30 + i}" for i in range(8)]
+        kw = dict(model=MODEL, max_tokens=20, temperature=0, extra_body=NO_EOS)
+        want = [server.client().completions.create(prompt=p, **kw).choices[0].text
+                for p in prompts]
+        got = [None] * len(prompts)
+
+        def stream(i: int) -> None:
+            if i >= 4:
+                time.sleep(0.05 * i)        # later arrivals join running chained steps
+            got[i] = "".join(ch.text for chunk in chained.client().completions.create(
+                prompt=prompts[i], stream=True, **kw) for ch in chunk.choices)
+
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(len(prompts))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert got == want
+        assert metric(chained.metrics(), "vllm:spec_decode_num_drafts_total") > 0
+    finally:
+        code = chained.stop()
+    assert code == 0, chained.log()
+    assert "Traceback" not in chained.log(), chained.log()
+
+
 # ---------------------------------------------------------------------------- shutdown
 def test_graceful_shutdown_with_inflight_stream(tmp_path):
     """SIGTERM with a stream in flight and no grace period: the stream ends with an error
