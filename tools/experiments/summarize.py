@@ -35,7 +35,7 @@ _COMPARED = (("tokens_per_s", "output_tokens_per_s"), ("latency_avg_s", "latency
              ("acceptance", "spec_acceptance_ratio"), ("draft_tokens", "spec_num_draft_tokens"),
              ("dram_write_bytes", None))
 COLUMNS = (["file", "scenario", "requests", "max_tokens", "temperature", "k", "method",
-            "adaptive", "threshold", "nwor", "scv", "tokens_per_s", "latency_avg_s",
+            "adaptive", "threshold", "chained", "nwor", "scv", "tokens_per_s", "latency_avg_s",
             "acceptance", "draft_tokens", "stopped_tokens", "dram_write_bytes", "twin"]
            + [c + "_vs_twin" for c, _ in _COMPARED]
            + ["controlled_acceptance", "adaptive_spec_steps", "adaptive_plain_steps",
@@ -79,6 +79,8 @@ def _row(name: str, doc: dict, entry: dict) -> dict[str, Any]:
         "max_tokens": cfg.get("max_tokens", args.get("max_tokens")),
         "temperature": args.get("temperature"), "k": args.get("draft_tokens"),
         "method": cfg.get("spec_method"), "adaptive": int(adaptive), "threshold": threshold,
+        # chained speculative steps (None: the run predates the field)
+        "chained": entry.get("chained_steps"),
         "nwor": entry.get("nwor_mode"), "scv": entry.get("scv_mode"),
         "tokens_per_s": entry.get("output_tokens_per_s"),
         "latency_avg_s": entry.get("latency_avg_s"),
@@ -180,11 +182,11 @@ def markdown(folder: str, rows: list[dict[str, Any]], plots: list[str]) -> str:
                   "accepted at random with that rate instead of verified, on dummy weights: the "
                   "engine's shapes and kernels, not a real model's acceptance."]
     lines += [""] + _md_table(
-        ["run", "T", "k", "adaptive", "threshold", "ctrl acc", "tok/s", "latency s",
+        ["run", "T", "k", "adaptive", "threshold", "chained", "ctrl acc", "tok/s", "latency s",
          "acceptance", "drafted", "stopped", "DRAM writes MB", "tok/s x", "latency x",
          "drafted x", "DRAM x", "twin"],
         [[r["file"], r["temperature"], r["k"], r["adaptive"], r["threshold"],
-          r["controlled_acceptance"]]
+          r["chained"], r["controlled_acceptance"]]
          + ([f"ERROR: {r['error']}"] + [None] * 10 if r["error"] else
             [r["tokens_per_s"], r["latency_avg_s"], r["acceptance"], r["draft_tokens"],
              r["stopped_tokens"], _mb(r["dram_write_bytes"]), r["tokens_per_s_vs_twin"],

@@ -312,12 +312,16 @@ def run_mode(args, models: dict, nwor: str, scv: str, progress: common.Progress,
         geometry = byte_model.geometry_from_config(eng.config.model_config,
                                                    models["tensor_parallel_size"])
         scv_effective = eng.stats.scv_mode
+        # chained speculative steps (greedy / unseeded requests, async): the step is a
+        # different engine path, so twins compare like with like only when both say the same
+        chained = bool(getattr(eng, "_chain", False))
         del eng
     finally:
         llm.shutdown()
         del llm
     entry = per_mode_entry(args, nwor, scv, scv_effective, m, geometry, lat, toks, init_s,
                            warmup_s, spec=resolve_spec_config(args, models))
+    entry["chained_steps"] = chained
     entry["engine_steps"] = engine_steps
     entry["adaptive_stats"] = adaptive_stats
     return entry
