@@ -64,6 +64,21 @@ def test_chained_greedy_identical(target, baseline, method):
 
 
 @pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
+def test_nwor_staging_inside_chained_steps(target, baseline, method):
+    """NWOR stage: drafts' K/V staged in the verify forward, the accepted ones committed inside
+    the chained step; lossless, and exactly the accepted drafts are committed."""
+    llm, eng, chain = _chained(target, method, nwor_mode="stage")
+    assert chain.staging is not None
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
+    assert _ids(outs) == baseline
+    nw, sp = eng.stats.nwor, eng.stats.spec
+    assert nw.windows > 0 and nw.tokens_staged > 0
+    assert nw.tokens_committed == sp.num_accepted_tokens
+    assert nw.tokens_committed < nw.tokens_staged
+    assert _all_blocks_free(eng)
+
+
+@pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
 def test_padded_graph_rows_replay_like_eager(target, baseline, method):
     """The graph path on the CPU (EagerReplay): batches padded to capture sizes, padding rows
     write nothing and change nothing."""
@@ -147,7 +162,7 @@ def test_arrivals_join_the_chain_and_aborts_leave_it(target, method):
     ("controlled acceptance", {"speculative_config": {"method": "ngram", "acceptance_rate": 0.5,
                                                       "num_speculative_tokens": 3}}, None),
     ("switched off", {}, "0"),
-    ("NWOR staging", {"nwor_mode": "stage"}, None),
+    ("SCV host loop", {"scv_mode": "off"}, None),
     ("synchronous scheduling", {"async_scheduling": False}, None),
 ])
 def test_chain_off_where_it_cannot_run(target, monkeypatch, why, kw, env):
@@ -293,3 +308,25 @@ def test_drafter_eager_warm_up_writes_nothing(target, method):
     drafter.batch.graphs.sizes = [4]          # as if graphs up to 4 tokens were captured
     drafter._warm_up_eager(64)
     assert bool((drafter.kv_cache == 3.0).all())
+
+
+@pytest.mark.cuda
+@pytestmark_cuda
+@pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
+def test_chain_graphs_with_nwor_staging_cuda(method):
+    """NWOR staging and commit inside the chained step's CUDA graph (float32): identical to
+    no-spec, exactly the accepted drafts committed."""
+    target = tiny_model("llama")
+    prompts = repetitive_prompts(9, seed=17)
+    sp = [SamplingParams(temperature=0, max_tokens=8 + 3 * i, ignore_eos=True)
+          for i in range(9)]
+    ref = _ids(LLM(target, dtype="float32", gpu_memory_utilization=0.3).generate(
+        prompts, sp, use_tqdm=False))
+    llm = LLM(target, dtype="float32", gpu_memory_utilization=0.3, nwor_mode="stage",
+              speculative_config=_cfg(method, target))
+    eng = llm.llm_engine
+    chain = eng.executor.driver_runner.chain
+    assert chain.staging is not None and chain.graphs.graphs
+    assert _ids(llm.generate(prompts, sp, use_tqdm=False)) == ref
+    assert chain.graphs.num_replays > 0
+    assert eng.stats.nwor.tokens_committed == eng.stats.spec.num_accepted_tokens

@@ -23,6 +23,9 @@ rewinds its optimistic position count by the rejected drafts, exactly as after a
 verify step. Requests that enter a chain (their drafts came from the host) carry their tokens
 and start position from the host.
 
+With NWOR staging the drafts' K/V go to staging rows during the verify forward and the SCV
+mask commits the accepted ones to the cache inside the same graph.
+
 With n-gram drafting the step keeps each row's token history on the device instead and looks
 the next drafts up there (ngram_device.py); there is no drafter cache.
 
@@ -44,6 +47,7 @@ from vllm.sampling_params import _SAMPLING_EPS
 from vllm.v1.sample.rejection_sampler import rejection_scan
 from vllm.v1.sample.sampler import apply_temperature, apply_top_k_top_p_min_p
 from vllm.v1.spec_decode.ngram_device import ngram_propose_device
+from vllm.v1.spec_decode.nwor_commit import commit_staged_kv
 from vllm.v1.spec_decode.scv import scv_compute_mask
 
 logger = init_logger(__name__)
@@ -64,8 +68,6 @@ def chain_unsupported_reason(config, device: torch.device) -> Optional[str]:
         return "asynchronous scheduling is off"
     if config.parallel_config.tensor_parallel_size > 1:
         return "tensor parallelism"
-    if opts.nwor_mode != "off":
-        return f"NWOR mode {opts.nwor_mode!r} (staged drafts are committed from the host plan)"
     if opts.scv_mode == "off":
         return "SCV mode 'off' (the host reference loop)"
     if sc.confidence_threshold > 0:
@@ -130,13 +132,17 @@ class SpecChain:
     def __init__(self, k: int, buffers, target_forward: Callable[[int], torch.Tensor],
                  compute_logits: Callable[[torch.Tensor], torch.Tensor], drafter,
                  kv_cache: torch.Tensor, new_graph_runner, graph_sizes, use_graphs: bool,
-                 ngram: Optional[tuple[int, int]] = None, max_model_len: int = 0):
+                 ngram: Optional[tuple[int, int]] = None, max_model_len: int = 0,
+                 staging: Optional[torch.Tensor] = None):
         self.k = k
         self.buffers = buffers
         self.target_forward = target_forward
         self.compute_logits = compute_logits
         self.drafter = drafter
         self.kv_cache = kv_cache
+        # NWOR: the drafts' K/V go to these staging rows (request r's draft j -> r * k + j)
+        # and only the accepted ones are committed to the cache, inside the step.
+        self.staging = staging
         dev = buffers.device
         self.device = dev
         self.max_reqs = buffers.max_reqs
@@ -273,7 +279,15 @@ class SpecChain:
         md, pos = chain_attention(b.block_tables, b.req_num_blocks, start, K1, valid_req,
                                   b.block_size, self.max_reqs)
         b.positions[:T].copy_(pos)
-        b.slot_mapping[:T].copy_(md.slot_mapping)
+        slots = md.slot_mapping.view(R, K1)
+        if self.staging is not None:
+            draft_slots = slots[:, 1:].clone()                               # [R, k]
+            rows = torch.arange(R * k, device=self.device).view(R, k)
+            stage = torch.where(valid_req[:, None], rows, -1)
+            b.stage_index[:T].view(R, K1).copy_(
+                torch.cat([torch.full_like(stage[:, :1], -1), stage], 1))
+            slots = torch.cat([slots[:, :1], torch.full_like(draft_slots, PADDING_SLOT_ID)], 1)
+        b.slot_mapping[:T].copy_(slots.reshape(-1))
         b.context_lens.copy_(md.context_lens)
         hidden = self.target_forward(T)[:T]                                  # [T, H]
         logits = self.compute_logits(hidden)                                 # [T, V] fp32
@@ -286,7 +300,10 @@ class SpecChain:
         else:
             out = rejection_scan(cu, drafts, None, None, None, am[:, :k].reshape(-1),
                                  am[:, k].contiguous(), None, k)             # [R, K1]
-        _, n_acc, _ = scv_compute_mask(drafts, cu, out, k)
+        mask, n_acc, _ = scv_compute_mask(drafts, cu, out, k)
+        if self.staging is not None:    # NWOR: commit the accepted drafts' staged K/V
+            commit = torch.where(mask, draft_slots, PADDING_SLOT_ID).reshape(-1)
+            commit_staged_kv(self.staging[:, :R * k], self.kv_cache, commit)
         n_acc = n_acc.long()
         # the tokens of positions start + 1 .. start + 1 + n_acc (rows past it: anything)
         emitted = torch.where(out >= 0, out, am)                             # [R, K1]

@@ -129,7 +129,8 @@ class GPUModelRunner:
                                default_capture_sizes, use_graphs,
                                ngram=((sc.prompt_lookup_min, sc.prompt_lookup_max)
                                       if sc.method == "ngram" else None),
-                               max_model_len=self.config.scheduler_config.max_model_len)
+                               max_model_len=self.config.scheduler_config.max_model_len,
+                               staging=self.staging)
         logger.info("Chained speculative steps on: verify + drafting in one launch%s, the next "
                     "step launched before this one's tokens reach the host",
                     " (CUDA graphs)" if self.chain.graphs.graphs else "")
@@ -279,6 +280,8 @@ class GPUModelRunner:
         rows = chain.padded_rows(so.reqs)
         n = rows or R
         self.buffers.prepare(so, n * K1, None, extra=chain.host_inputs(so.reqs, n))
+        if chain.staging is not None:
+            self.spec_step.nwor.begin(R * chain.k, R)
         out = chain.launch(so.reqs, rows)
         self._last_tokens, self._last_rows = None, {}
         # A copy now: the static output is rewritten by the next step (launched before this
@@ -377,6 +380,8 @@ class GPUModelRunner:
             toks = [t for t in row if t >= 0]
             stats.observe(k, len(toks) - 1)
             sampled.append(toks)
+        if self.chain.staging is not None:
+            self.spec_step.nwor.record([len(t) - 1 for t in sampled])
         return RunnerOutput(req_ids=[r.req_id for r in reqs], sampled_token_ids=sampled,
                             num_spec=[k] * len(reqs))
 
