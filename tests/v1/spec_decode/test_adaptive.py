@@ -178,7 +178,10 @@ def test_controller_validates_k():
 
 @pytest.mark.parametrize("method", ["ngram", "draft_model", "eagle"])
 @pytest.mark.parametrize("async_on", [False, True])
-def test_adaptive_greedy_identical(target, baseline, method, async_on):
+def test_adaptive_greedy_identical(target, baseline, method, async_on, monkeypatch):
+    # the per-request controller (with chaining, adaptive length is the chain switch:
+    # test_chain_switch.py)
+    monkeypatch.setenv("VLLM_SPEC_CHAIN", "0")
     cfg = {"ngram": {"method": "ngram", "num_speculative_tokens": 3},
            "draft_model": {"method": "draft_model", "model": target,
                            "num_speculative_tokens": 4},
