@@ -330,3 +330,18 @@ def test_chain_graphs_with_nwor_staging_cuda(method):
     assert _ids(llm.generate(prompts, sp, use_tqdm=False)) == ref
     assert chain.graphs.num_replays > 0
     assert eng.stats.nwor.tokens_committed == eng.stats.spec.num_accepted_tokens
+
+
+@pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
+def test_kv_pressure_drains_the_chain_and_preempts_losslessly(target, baseline, method):
+    """A KV cache too small for every window: the chained step cannot allocate, the chain
+    drains, the normal path preempts (recompute) and chained steps resume later; output
+    still equals no-spec output and no block stays allocated."""
+    llm, eng, chain = _chained(target, method, num_gpu_blocks_override=14)
+    launches = []
+    orig = chain.launch
+    chain.launch = lambda reqs, rows: launches.append(len(reqs)) or orig(reqs, rows)
+    outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
+    assert _ids(outs) == baseline
+    assert eng.scheduler.num_preemptions > 0 and launches
+    assert _all_blocks_free(eng)
