@@ -201,22 +201,29 @@ pytestmark_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="need
 
 @pytest.mark.cuda
 @pytestmark_cuda
-@pytest.mark.parametrize("method", ["draft_model-same", "draft_model-other", "eagle", "ngram"])
-def test_chain_graphs_lossless_cuda(method):
-    """CUDA graphs of the chained step (float32): identical to no-spec, graphs replayed."""
+@pytest.mark.parametrize("method,nwor", [("draft_model-same", "off"),
+                                         ("draft_model-other", "off"), ("eagle", "off"),
+                                         ("ngram", "off"), ("draft_model-other", "stage"),
+                                         ("ngram", "stage")])
+def test_chain_graphs_lossless_cuda(method, nwor):
+    """CUDA graphs of the chained step (float32): identical to no-spec, graphs replayed; with
+    NWOR staging (committed inside the graph) exactly the accepted drafts committed."""
     target = tiny_model("llama")
     prompts = repetitive_prompts(9, seed=11)
     sp = [SamplingParams(temperature=0, max_tokens=8 + 3 * i, ignore_eos=True)
           for i in range(9)]
     ref = _ids(LLM(target, dtype="float32", gpu_memory_utilization=0.3).generate(
         prompts, sp, use_tqdm=False))
-    llm = LLM(target, dtype="float32", gpu_memory_utilization=0.3,
+    llm = LLM(target, dtype="float32", gpu_memory_utilization=0.3, nwor_mode=nwor,
               speculative_config=_cfg(method, target))
     eng = llm.llm_engine
     chain = eng.executor.driver_runner.chain
     assert eng._chain and chain.graphs.graphs
+    assert (chain.staging is not None) == (nwor == "stage")
     assert _ids(llm.generate(prompts, sp, use_tqdm=False)) == ref
     assert chain.graphs.num_replays > 0
+    if nwor == "stage":
+        assert eng.stats.nwor.tokens_committed == eng.stats.spec.num_accepted_tokens
     assert _all_blocks_free(eng)
 
 
@@ -308,28 +315,6 @@ def test_drafter_eager_warm_up_writes_nothing(target, method):
     drafter.batch.graphs.sizes = [4]          # as if graphs up to 4 tokens were captured
     drafter._warm_up_eager(64)
     assert bool((drafter.kv_cache == 3.0).all())
-
-
-@pytest.mark.cuda
-@pytestmark_cuda
-@pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
-def test_chain_graphs_with_nwor_staging_cuda(method):
-    """NWOR staging and commit inside the chained step's CUDA graph (float32): identical to
-    no-spec, exactly the accepted drafts committed."""
-    target = tiny_model("llama")
-    prompts = repetitive_prompts(9, seed=17)
-    sp = [SamplingParams(temperature=0, max_tokens=8 + 3 * i, ignore_eos=True)
-          for i in range(9)]
-    ref = _ids(LLM(target, dtype="float32", gpu_memory_utilization=0.3).generate(
-        prompts, sp, use_tqdm=False))
-    llm = LLM(target, dtype="float32", gpu_memory_utilization=0.3, nwor_mode="stage",
-              speculative_config=_cfg(method, target))
-    eng = llm.llm_engine
-    chain = eng.executor.driver_runner.chain
-    assert chain.staging is not None and chain.graphs.graphs
-    assert _ids(llm.generate(prompts, sp, use_tqdm=False)) == ref
-    assert chain.graphs.num_replays > 0
-    assert eng.stats.nwor.tokens_committed == eng.stats.spec.num_accepted_tokens
 
 
 @pytest.mark.parametrize("method", ["draft_model-other", "ngram"])
