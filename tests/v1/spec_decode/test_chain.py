@@ -40,6 +40,18 @@ def _ids(outs):
     return [o.outputs[0].token_ids for o in outs]
 
 
+def _record_launches(chain, what) -> list:
+    """Wraps chain.launch: returns the list that receives what(reqs) of every chained step."""
+    seen = []
+    orig = chain.launch
+
+    def launch(reqs, rows, sampling):
+        seen.append(what(reqs))
+        return orig(reqs, rows, sampling)
+    chain.launch = launch
+    return seen
+
+
 def _all_blocks_free(eng):
     pool = eng.scheduler.kv.pool
     return pool.num_free == pool.num_blocks
@@ -48,9 +60,7 @@ def _all_blocks_free(eng):
 @pytest.mark.parametrize("method", ["draft_model-same", "draft_model-other", "eagle", "ngram"])
 def test_chained_greedy_identical(target, baseline, method):
     llm, eng, chain = _chained(target, method)
-    launches = []
-    orig = chain.launch
-    chain.launch = lambda reqs, rows: launches.append(len(reqs)) or orig(reqs, rows)
+    launches = _record_launches(chain, len)
     outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert _ids(outs) == baseline
     assert len(launches) > 3 and max(launches) == 6 and min(launches) < 6  # batches shrink
@@ -125,11 +135,10 @@ def test_arrivals_join_the_chain_and_aborts_leave_it(target, method):
     ref = _ids(LLM(target, enforce_eager=True).generate(prompts, [sp] * 6, use_tqdm=False))
     llm, eng, chain = _chained(target, method, max_num_batched_tokens=40,
                                   max_num_seqs=8)
-    exits, launches = [], []
-    orig_exit, orig_launch = eng.executor.chain_exit, chain.launch
+    exits = []
+    orig_exit = eng.executor.chain_exit
     eng.executor.chain_exit = lambda ex: exits.append(list(ex)) or orig_exit(ex)
-    chain.launch = lambda reqs, rows: launches.append([r.req_id for r in reqs]) or \
-        orig_launch(reqs, rows)
+    launches = _record_launches(chain, lambda reqs: [r.req_id for r in reqs])
     done = {}
     for i in range(3):
         eng.add_request(f"r{i}", prompts[i], sp)
@@ -186,9 +195,7 @@ def test_seeded_sampling_requests_leave_the_chain(target):
     ref = _ids(LLM(target, enforce_eager=True).generate(prompts[:2], [greedy] * 2,
                                                          use_tqdm=False))
     llm, eng, chain = _chained(target, "draft_model-same")
-    launches = []
-    orig = chain.launch
-    chain.launch = lambda reqs, rows: launches.append(len(reqs)) or orig(reqs, rows)
+    launches = _record_launches(chain, len)
     sampled = SamplingParams(temperature=1.0, seed=3, max_tokens=16, ignore_eos=True)
     outs = llm.generate(prompts, [greedy, greedy, sampled], use_tqdm=False)
     assert _ids(outs)[:2] == ref
@@ -233,9 +240,7 @@ def test_windows_beyond_the_token_budget_fall_back(target, baseline):
     llm, eng, chain = _chained(target, "draft_model-same", max_num_batched_tokens=16,
                                max_num_seqs=16)
     assert chain.max_rows == 3
-    launches = []
-    orig = chain.launch
-    chain.launch = lambda reqs, rows: launches.append(len(reqs)) or orig(reqs, rows)
+    launches = _record_launches(chain, len)
     outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert _ids(outs) == baseline
     assert launches and max(launches) <= 3
@@ -323,9 +328,7 @@ def test_kv_pressure_drains_the_chain_and_preempts_losslessly(target, baseline, 
     drains, the normal path preempts (recompute) and chained steps resume later; output
     still equals no-spec output and no block stays allocated."""
     llm, eng, chain = _chained(target, method, num_gpu_blocks_override=14)
-    launches = []
-    orig = chain.launch
-    chain.launch = lambda reqs, rows: launches.append(len(reqs)) or orig(reqs, rows)
+    launches = _record_launches(chain, len)
     outs = llm.generate(repetitive_prompts(), staggered_greedy_params(), use_tqdm=False)
     assert _ids(outs) == baseline
     assert eng.scheduler.num_preemptions > 0 and launches

@@ -20,7 +20,7 @@ from vllm.v1.engine.fault_isolation import check_params_for_model, request_fault
 from vllm.v1.metrics.stats import EngineStats
 from vllm.v1.request import Request, RequestStatus
 from vllm.v1.spec_decode.adaptive import AdaptiveDraftController
-from vllm.v1.spec_decode.chain import chain_eligible
+from vllm.v1.spec_decode.chain import chain_sampling_ok
 from vllm.v1.spec_decode.chain_switch import ChainModeSwitch
 from vllm.v1.spec_decode.proposer import ProposeReq
 
@@ -293,7 +293,7 @@ class LLMEngine:
             with_history=self.config.speculative_config.method == "ngram")
         if so is None:
             return self._drain_chain(stream)
-        prev, self._inflight = self._inflight, None
+        prev = self._inflight
         self._inflight = (so, self.executor.execute_model_async(so))
         side = self.scheduler.schedule_side(so)
         side_pending = self.executor.execute_model_async(side) if side.reqs else None
@@ -313,9 +313,9 @@ class LLMEngine:
             return None
         self._inflight = None
         outs = self._apply(prev, stream)
-        self.executor.chain_exit([(r.req_id, self.seqs[r.req_id].req.num_tokens)
-                                  for r in prev[0].reqs if r.req_id in self.seqs
-                                  and not self.seqs[r.req_id].req.finished])
+        live = (self.scheduler.requests.get(r.req_id) for r in prev[0].reqs)
+        self.executor.chain_exit([(q.request_id, q.num_tokens) for q in live
+                                  if q is not None and not q.finished])
         return outs
 
     def _schedule(self):
@@ -549,7 +549,7 @@ def _may_draft(r: Request) -> bool:
 
 
 def _chain_eligible(r: Request) -> bool:
-    return chain_eligible(r.sampling_params, r.num_output_tokens)
+    return _may_draft(r) and chain_sampling_ok(r.sampling_params)
 
 
 def _needs_host_history(so) -> bool:

@@ -40,6 +40,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from vllm import envs
 from vllm.forward_context import AttentionMetadata
 from vllm.logger import init_logger, log_once
 from vllm.v1.constants import PADDING_SLOT_ID, UNKNOWN_TOKEN_ID
@@ -53,9 +54,8 @@ from vllm.v1.spec_decode.scv import scv_compute_mask
 logger = init_logger(__name__)
 
 
-def chain_unsupported_reason(config, device: torch.device) -> Optional[str]:
+def chain_unsupported_reason(config) -> Optional[str]:
     """Why this configuration cannot chain speculative steps (None: it can)."""
-    from vllm import envs
     sc = config.speculative_config
     opts = config.spec_options
     if sc is None:
@@ -77,14 +77,14 @@ def chain_unsupported_reason(config, device: torch.device) -> Optional[str]:
     return None
 
 
-def chain_eligible(params, num_output_tokens: int) -> bool:
-    """A request can ride a chained step: greedy, or random without a seed (a per-request
-    generator cannot be replayed from a graph) and without top-k / top-p (their sort over
-    the vocabulary for every verified position is left to synchronous steps); no
-    penalties, no logprobs, no active min_tokens mask (they need the host's token history)."""
+def chain_sampling_ok(params) -> bool:
+    """A drafting request's sampling fits a chained step: greedy, or random without a seed (a
+    per-request generator cannot be replayed from a graph) and without top-k / top-p (their
+    sort over the vocabulary for every verified position is left to synchronous steps); no
+    logprobs (computed from the host's tokens). (Penalties and an active min_tokens mask
+    already keep a request from drafting at all.)"""
     random_ok = (params.seed is None and params.top_k in (0, -1) and params.top_p >= 1.0)
-    return ((params.is_greedy or random_ok) and not params.has_penalties
-            and params.logprobs is None and num_output_tokens >= params.min_tokens)
+    return (params.is_greedy or random_ok) and params.logprobs is None
 
 
 def step_samples(reqs) -> bool:
@@ -174,13 +174,15 @@ class SpecChain:
             self._capture(new_graph_runner, graph_sizes)
 
     # ------------------------------------------------------------------ host side
-    def padded_rows(self, reqs) -> Optional[int]:
-        graphs = self.sample_graphs if step_samples(reqs) else self.graphs
-        return graphs.padded_size(len(reqs))
+    def padded_rows(self, R: int, sampling: bool) -> Optional[int]:
+        """The captured size a step of R requests replays (None: none fits, run eagerly);
+        sampling: the step holds random requests (step_samples)."""
+        return (self.sample_graphs if sampling else self.graphs).padded_size(R)
 
-    def host_inputs(self, reqs, rows: int) -> list:
-        """(device buffer view, host array) pairs of the step's src and host starts, padded to
-        `rows`; checks that every request with unknown tokens was in the previous step."""
+    def host_inputs(self, reqs, rows: int, sampling: bool) -> list:
+        """(device buffer view, host array) pairs of the step's src and host starts (and, for
+        a sampling step, the rows' sampling parameters), padded to `rows`; checks that every
+        request with unknown tokens was in the previous step."""
         src = np.full(rows, -1, dtype=np.int64)
         starts = np.zeros(rows, dtype=np.int64)
         prev = self.rows
@@ -202,7 +204,7 @@ class SpecChain:
             self.entry_hist[:rows].copy_(h.pin_memory() if self.device.type == "cuda" else h,
                                          non_blocking=True)
         out = [(self.src[:rows], src), (self.host_start[:rows], starts)]
-        if step_samples(reqs):
+        if sampling:
             temp = np.zeros(rows, dtype=np.float32)
             min_p = np.zeros(rows, dtype=np.float32)
             for i, r in enumerate(reqs):
@@ -211,11 +213,10 @@ class SpecChain:
             out += [(self.temperature[:rows], temp), (self.min_p[:rows], min_p)]
         return out
 
-    def launch(self, reqs, rows: Optional[int]) -> torch.Tensor:
+    def launch(self, reqs, rows: Optional[int], sampling: bool) -> torch.Tensor:
         """After the step's inputs were prepared (padded to `rows` requests when a graph is
         replayed, None: eagerly): runs the body. Returns out [R, k + 1] (device, -1 padded)."""
         R = len(reqs)
-        sampling = step_samples(reqs)
         graphs = self.sample_graphs if sampling else self.graphs
         if rows is not None:
             out = graphs.replay(rows)

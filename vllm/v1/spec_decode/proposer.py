@@ -87,7 +87,7 @@ def build_proposer(ctx: ProposerContext) -> Proposer | None:
         # Chained steps verify exactly k drafts per request: pad the host's lookups too (the
         # drafts a request enters the chain with).
         pad = sc.acceptance_rate is not None or \
-            chain_unsupported_reason(ctx.config, ctx.device) is None
+            chain_unsupported_reason(ctx.config) is None
         return NgramProposer(sc.num_speculative_tokens, sc.prompt_lookup_min,
                              sc.prompt_lookup_max, always_draft=pad)
     if sc.method == "draft_model":

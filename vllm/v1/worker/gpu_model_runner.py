@@ -20,7 +20,7 @@ from vllm.v1.constants import PADDING_SLOT_ID
 from vllm.v1.core.sched_output import RunnerOutput, SchedulerOutput
 from vllm.v1.sample.metadata import SamplingMetadata
 from vllm.v1.sample.sampler import Sampler
-from vllm.v1.spec_decode.chain import SpecChain, chain_unsupported_reason
+from vllm.v1.spec_decode.chain import SpecChain, chain_unsupported_reason, step_samples
 from vllm.v1.spec_decode.proposer import ProposeReq, ProposerContext, build_proposer
 from vllm.v1.spec_decode.spec_step import SpecDecodeCounters, SpecDecodeStep
 from vllm.v1.worker.cudagraph import CudaGraphRunner, default_capture_sizes
@@ -114,7 +114,7 @@ class GPUModelRunner:
             self._init_chain()
 
     def _init_chain(self) -> None:
-        why = chain_unsupported_reason(self.config, self.device)
+        why = chain_unsupported_reason(self.config)
         if why is not None:
             logger.info("Chained speculative steps off: %s", why)
             return
@@ -277,23 +277,17 @@ class GPUModelRunner:
         """A chained speculative step (spec_decode/chain.py): one replay of its graph."""
         chain, K1 = self.chain, self.chain.k + 1
         R = len(so.reqs)
-        rows = chain.padded_rows(so.reqs)
+        sampling = step_samples(so.reqs)
+        rows = chain.padded_rows(R, sampling)
         n = rows or R
-        self.buffers.prepare(so, n * K1, None, extra=chain.host_inputs(so.reqs, n))
+        self.buffers.prepare(so, n * K1, None, extra=chain.host_inputs(so.reqs, n, sampling))
         if chain.staging is not None:
             self.spec_step.nwor.begin(R * chain.k, R)
-        out = chain.launch(so.reqs, rows)
+        out = chain.launch(so.reqs, rows, sampling)
         self._last_tokens, self._last_rows = None, {}
         # A copy now: the static output is rewritten by the next step (launched before this
         # one is read).
-        done = None
-        if self.device.type == "cuda":
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            host.copy_(out, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
-        else:
-            host = out.clone()
+        host, done = _start_host_copy(out) if self.device.type == "cuda" else (out.clone(), None)
         p = PendingOutput(self, so, None, None, [], None, None, done, None, None)
         p.chain_tokens = host
         return p
@@ -313,12 +307,7 @@ class GPUModelRunner:
     def _pending(self, so, inp, logits, plain, plain_tokens, spec_out, plan) -> "PendingOutput":
         host_tokens, done = None, None
         if plain_tokens is not None and self.device.type == "cuda":
-            # Start the copy now; result() only waits for it (pinned, so truly asynchronous).
-            host_tokens = torch.empty(plain_tokens.shape, dtype=plain_tokens.dtype,
-                                      pin_memory=True)
-            host_tokens.copy_(plain_tokens, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record()
+            host_tokens, done = _start_host_copy(plain_tokens)
         return PendingOutput(self, so, inp, logits, plain, plain_tokens, host_tokens, done,
                              spec_out, plan)
 
@@ -349,10 +338,7 @@ class GPUModelRunner:
         sampled: list[list[int]] = [[] for _ in reqs]
         if p.plain_tokens is not None:
             if p.done is not None:
-                # Poll rather than block in the driver: the GIL goes to other threads (the
-                # server's event loop) meanwhile, and no synchronizing CUDA call is made.
-                while not p.done.query():
-                    time.sleep(0)
+                _wait(p.done)
                 toks = p.host_tokens.tolist()
             else:
                 toks = p.plain_tokens.tolist()
@@ -370,8 +356,7 @@ class GPUModelRunner:
 
     def _finish_chain(self, p: "PendingOutput") -> RunnerOutput:
         if p.done is not None:
-            while not p.done.query():
-                time.sleep(0)
+            _wait(p.done)
         reqs = p.so.reqs
         k = self.chain.k
         stats = self.spec_step.stats
@@ -409,6 +394,23 @@ class GPUModelRunner:
         if self.spec_step is not None:
             self.spec_step.stats.num_draft_tokens_stopped = self.proposer.stopped_tokens
         return drafts
+
+
+def _start_host_copy(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+    """Starts copying a device tensor to pinned host memory (truly asynchronous) -> (the host
+    tensor, an event recorded after the copy); result() only waits for the event."""
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return host, done
+
+
+def _wait(done: torch.cuda.Event) -> None:
+    """Poll rather than block in the driver: the GIL goes to other threads (the server's
+    event loop) meanwhile, and no synchronizing CUDA call is made."""
+    while not done.query():
+        time.sleep(0)
 
 
 def _plain_greedy(r) -> bool:

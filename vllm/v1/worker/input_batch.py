@@ -68,9 +68,10 @@ class InputBuffers:
         # Per request: allocated blocks (chained steps compute slots on the device) [R].
         self.req_num_blocks = torch.zeros(max_reqs, dtype=i64, device=device)
         # Worst case of one step's staged bytes: 8 int64 + 1 int32 per token, the block
-        # tables, per request up to 4 int32 + 3 int64 (context lengths, query starts, draft
-        # counts; block counts and a chained step's two arrays), plus alignment padding.
-        nbytes = (8 * 8 + 4) * max_tokens + 4 * max_reqs * max_blocks + 40 * (max_reqs + 1) \
+        # tables, per request 44 bytes (3 int32: context lengths, query starts, draft counts;
+        # 3 int64: block counts and a chained step's rows and starts; 2 float32: a chained
+        # sampling step's temperature and min_p), plus alignment padding.
+        nbytes = (8 * 8 + 4) * max_tokens + 4 * max_reqs * max_blocks + 44 * (max_reqs + 1) \
             + 1024
         self._h2d = PackedH2D(nbytes, device)
 
@@ -136,8 +137,8 @@ class InputBuffers:
         for i, r in enumerate(reqs):
             end = int(qsl[i + 1])
             rows_per_req.append((int(qsl[i]), end))
-            if not r.sample:
-                continue
+            if not r.sample or so.chain:
+                continue    # (a chained step lays out its logits and drafts on the device)
             first = end - 1 - r.num_spec        # the last non-draft token
             first_row[i] = len(logits_idx)
             if r.num_spec:
@@ -191,7 +192,7 @@ class InputBuffers:
         if so.chain and R:
             h2d.add(self.req_num_blocks[:R], nblk)
         spec = None
-        if spec_req and not so.chain:
+        if spec_req:
             # Staged with the rest: a torch.tensor(..., device="cuda") per array would block
             # the host until the GPU is idle, four times a step.
             nd, ns = len(draft_ids), len(spec_req)
