@@ -90,12 +90,19 @@ def test_exit_and_caps_lossless(target, eagle_dir, baseline, monkeypatch, method
         assert drafted > 0 and expected_stopped > 0
 
 
-def test_stopped_counter_exported_and_logged(target, monkeypatch, caplog):
+def _generate_logged(target, monkeypatch, caplog, threshold: float, n: int):
+    """A draft-model engine with the given threshold, stats logged every step, after
+    generating n requests with INFO logs captured."""
     monkeypatch.setenv("VLLM_LOG_STATS_INTERVAL", "0")
     llm = LLM(target, enforce_eager=True, block_size=8,
-              speculative_config=_cfg("draft_model", target, None, 0.025))
+              speculative_config=_cfg("draft_model", target, None, threshold))
     with caplog.at_level(logging.INFO, logger="vllm"):
-        llm.generate(repetitive_prompts(3), staggered_greedy_params(3), use_tqdm=False)
+        llm.generate(repetitive_prompts(n), staggered_greedy_params(n), use_tqdm=False)
+    return llm
+
+
+def test_stopped_counter_exported_and_logged(target, monkeypatch, caplog):
+    llm = _generate_logged(target, monkeypatch, caplog, 0.025, 3)
     n = llm.llm_engine.stats.spec.num_draft_tokens_stopped
     assert n > 0
     text = render(make_registry(lambda: [llm.llm_engine.stats])).decode()
@@ -108,10 +115,6 @@ def test_stopped_counter_exported_and_logged(target, monkeypatch, caplog):
 
 
 def test_no_exit_log_without_threshold(target, monkeypatch, caplog):
-    monkeypatch.setenv("VLLM_LOG_STATS_INTERVAL", "0")
-    llm = LLM(target, enforce_eager=True, block_size=8,
-              speculative_config=_cfg("draft_model", target, None, 0.0))
-    with caplog.at_level(logging.INFO, logger="vllm"):
-        llm.generate(repetitive_prompts(2), staggered_greedy_params(2), use_tqdm=False)
+    llm = _generate_logged(target, monkeypatch, caplog, 0.0, 2)
     assert llm.llm_engine.stats.spec.num_draft_tokens_stopped == 0
     assert not [r for r in caplog.records if "Confidence early exit" in r.getMessage()]
